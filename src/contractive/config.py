@@ -1,0 +1,177 @@
+"""Hyperparameters as dataclasses that validate themselves and round-trip through JSON.
+
+``config.json`` in a run directory is ``{"contractive_version", "model", "training", "data"}``; the model
+and training parts are these dataclasses' ``to_dict()``. Loading rejects unknown or missing-but-required
+keys with a clear error instead of guessing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .activations import ACTIVATION_NAMES
+from .errors import ContractiveError
+
+DECODERS = ("sigmoid", "linear")
+RECONSTRUCTIONS = ("auto", "bce", "squared_error")
+OPTIMIZERS = ("adam", "sgd")
+
+# Default λ for the per-sample convention (see README, "The loss"), chosen on scikit-learn's digits with
+# 64 sigmoid hidden units and 100 Adam epochs by a sweep over λ ∈ {0, 0.01, 0.03, 0.1, 0.3, 1}
+# (validation ‖x − x̂‖² / mean ‖J_f‖_F): 0 → 0.16 / 7.5, 0.03 → 0.23 / 5.2, 0.1 → 0.41 / 3.7, 0.3 → 0.74 / 2.5.
+# λ = 0.1 halves the Jacobian norm while still explaining 91% of the data variance (4.69).
+DEFAULT_LAM = 0.1
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ContractiveError(message)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture and loss of an autoencoder.
+
+    Parameters
+    ----------
+    n_features : int
+        Input dimension D (data are flattened to (n_samples, D)).
+    hidden : int
+        Code dimension H.
+    activation : str
+        Encoder nonlinearity φ in h = φ(W x + b).
+    decoder : {"sigmoid", "linear"}
+        Output nonlinearity of the decoder.
+    tied : bool
+        If True the decoder uses Wᵀ (Rifai et al. 2011); otherwise it has its own weight.
+    lam : float
+        Weight λ ≥ 0 of the contractive penalty, per sample (see README).
+    reconstruction : {"auto", "bce", "squared_error"}
+        Per-sample reconstruction loss, summed over features. ``"auto"`` is resolved by
+        :meth:`resolve_reconstruction` from the decoder and the data range before training.
+    penalty_method : str
+        Passed to :func:`contractive.jacobian_frobenius_sq`.
+    n_projections : int
+        Probes for stochastic penalty methods.
+    """
+
+    n_features: int
+    hidden: int = 64
+    activation: str = "sigmoid"
+    decoder: str = "sigmoid"
+    tied: bool = True
+    lam: float = DEFAULT_LAM
+    reconstruction: str = "auto"
+    penalty_method: str = "auto"
+    n_projections: int = 1
+
+    def __post_init__(self) -> None:
+        _check(
+            isinstance(self.n_features, int) and self.n_features >= 1,
+            f"n_features must be ≥ 1, got {self.n_features}",
+        )
+        _check(
+            isinstance(self.hidden, int) and self.hidden >= 1, f"hidden size must be ≥ 1, got {self.hidden}"
+        )
+        _check(
+            self.activation in ACTIVATION_NAMES,
+            f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATION_NAMES)}",
+        )
+        _check(
+            self.decoder in DECODERS, f"unknown decoder {self.decoder!r}; choose one of {', '.join(DECODERS)}"
+        )
+        _check(
+            isinstance(self.lam, (int, float)) and math.isfinite(self.lam) and self.lam >= 0,
+            f"lam (λ) must be a finite number ≥ 0, got {self.lam}",
+        )
+        _check(
+            self.reconstruction in RECONSTRUCTIONS,
+            f"unknown reconstruction loss {self.reconstruction!r}; choose one of {', '.join(RECONSTRUCTIONS)}",
+        )
+        _check(
+            self.reconstruction != "bce" or self.decoder == "sigmoid",
+            "reconstruction 'bce' needs decoder 'sigmoid'",
+        )
+        _check(self.n_projections >= 1, f"n_projections must be ≥ 1, got {self.n_projections}")
+
+    def resolve_reconstruction(self, data_min: float, data_max: float) -> ModelConfig:
+        """Return a copy with ``reconstruction`` fixed: BCE for [0, 1] data and a sigmoid decoder."""
+        in_unit_interval = data_min >= 0.0 and data_max <= 1.0
+        if self.reconstruction == "auto":
+            chosen = "bce" if self.decoder == "sigmoid" and in_unit_interval else "squared_error"
+            return dataclasses.replace(self, reconstruction=chosen)
+        _check(
+            self.reconstruction != "bce" or in_unit_interval,
+            f"reconstruction 'bce' needs data in [0, 1], but the data range is [{data_min:g}, {data_max:g}]",
+        )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        return _from_dict(cls, values, "model")
+
+
+@dataclass
+class TrainConfig:
+    """How to train: optimiser, batches, epochs, seed, validation and early stopping.
+
+    ``patience = 0`` disables early stopping; otherwise training stops after ``patience`` epochs without a
+    lower validation loss and the best weights are restored.
+    """
+
+    epochs: int = 50
+    batch_size: int = 64
+    lr: float = 1e-2
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    seed: int = 0
+    val_fraction: float = 0.1
+    patience: int = 0
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be ≥ 1, got {self.epochs}")
+        _check(
+            isinstance(self.batch_size, int) and self.batch_size >= 1,
+            f"batch size must be ≥ 1, got {self.batch_size}",
+        )
+        _check(math.isfinite(self.lr) and self.lr > 0, f"learning rate must be > 0, got {self.lr}")
+        _check(
+            self.optimizer in OPTIMIZERS,
+            f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}",
+        )
+        _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        _check(
+            math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+            f"weight decay must be ≥ 0, got {self.weight_decay}",
+        )
+        _check(0 <= self.val_fraction < 1, f"validation fraction must be in [0, 1), got {self.val_fraction}")
+        _check(
+            isinstance(self.patience, int) and self.patience >= 0,
+            f"patience must be ≥ 0, got {self.patience}",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        return _from_dict(cls, values, "training")
+
+
+def _from_dict(cls, values: dict[str, Any], section: str):
+    if not isinstance(values, dict):
+        raise ContractiveError(f"config section {section!r} must be an object, got {type(values).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    _check(not unknown, f"config section {section!r} has unknown keys: {', '.join(unknown)}")
+    try:
+        return cls(**values)
+    except TypeError as exc:  # a required key is missing
+        raise ContractiveError(f"config section {section!r} is incomplete: {exc}") from None
