@@ -100,9 +100,7 @@ def load_state_strict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], 
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
-        raise ContractiveError(
-            f"{source} does not match its config: missing {missing}, unexpected {unexpected}"
-        )
+        raise ContractiveError(f"{source} does not match its config: missing {missing}, unexpected {unexpected}")
     for name, tensor in tensors.items():
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise ContractiveError(

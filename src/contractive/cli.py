@@ -86,9 +86,7 @@ def train(data, out, hidden, lam, activation, decoder, tied, reconstruction, pen
     run = train_run(dataset, model_config, train_config, out, overwrite=force, progress=progress)
     if run.result.interrupted:
         done = len(run.result.history)
-        click.echo(
-            f"interrupted after {done} complete epoch(s); last checkpoint kept in {run.run_dir}", err=True
-        )
+        click.echo(f"interrupted after {done} complete epoch(s); last checkpoint kept in {run.run_dir}", err=True)
         sys.exit(130)
     m = run.metrics
     click.echo(
@@ -101,9 +99,7 @@ def train(data, out, hidden, lam, activation, decoder, tied, reconstruction, pen
 @app.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @_data_option
-@click.option(
-    "--output", type=click.Path(path_type=Path), default=Path("features.npy"), help="Codes file (.npy)."
-)
+@click.option("--output", type=click.Path(path_type=Path), default=Path("features.npy"), help="Codes file (.npy).")
 @_split_option
 @_limit_option
 def encode(run_dir, data, output, split, limit) -> None:

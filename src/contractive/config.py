@@ -73,16 +73,12 @@ class ModelConfig:
             isinstance(self.n_features, int) and self.n_features >= 1,
             f"n_features must be ≥ 1, got {self.n_features}",
         )
-        _check(
-            isinstance(self.hidden, int) and self.hidden >= 1, f"hidden size must be ≥ 1, got {self.hidden}"
-        )
+        _check(isinstance(self.hidden, int) and self.hidden >= 1, f"hidden size must be ≥ 1, got {self.hidden}")
         _check(
             self.activation in ACTIVATION_NAMES,
             f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATION_NAMES)}",
         )
-        _check(
-            self.decoder in DECODERS, f"unknown decoder {self.decoder!r}; choose one of {', '.join(DECODERS)}"
-        )
+        _check(self.decoder in DECODERS, f"unknown decoder {self.decoder!r}; choose one of {', '.join(DECODERS)}")
         _check(
             isinstance(self.lam, (int, float)) and math.isfinite(self.lam) and self.lam >= 0,
             f"lam (λ) must be a finite number ≥ 0, got {self.lam}",

@@ -72,9 +72,7 @@ def load_dataset(spec: str, *, split: str = "auto", limit: int | None = None) ->
     else:
         path = Path(spec).expanduser()
         if not path.exists():
-            raise ContractiveError(
-                f"data path {spec!r} does not exist (use 'digits' or a directory/.npy/.npz/.csv)"
-            )
+            raise ContractiveError(f"data path {spec!r} does not exist (use 'digits' or a directory/.npy/.npz/.csv)")
         if path.is_dir():
             data = _load_idx_dir(path, split)
         elif path.suffix == ".npy":
@@ -119,9 +117,7 @@ def train_val_split(n_samples: int, val_fraction: float, seed: int) -> tuple[np.
     order = np.random.default_rng(seed).permutation(n_samples)
     n_val = math.ceil(val_fraction * n_samples) if val_fraction > 0 else 0
     if n_val >= n_samples:
-        raise ContractiveError(
-            f"validation fraction {val_fraction} leaves no training data out of {n_samples} samples"
-        )
+        raise ContractiveError(f"validation fraction {val_fraction} leaves no training data out of {n_samples} samples")
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
@@ -144,9 +140,7 @@ def _flatten(X: np.ndarray, source: str) -> tuple[np.ndarray, tuple[int, int] | 
     if X.ndim >= 3:
         image_shape = tuple(X.shape[1:3]) if X.ndim == 3 else None
         return X.reshape(X.shape[0], -1), image_shape
-    raise ContractiveError(
-        f"{source}: expected samples × features (2-D) or images (3-D), got shape {X.shape}"
-    )
+    raise ContractiveError(f"{source}: expected samples × features (2-D) or images (3-D), got shape {X.shape}")
 
 
 def _load_digits() -> Dataset:
@@ -184,9 +178,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     expected = header + math.prod(shape) * dtype.itemsize
     if len(raw) != expected:
         what = "truncated" if len(raw) < expected else "has trailing bytes"
-        raise ContractiveError(
-            f"{path}: {what}: header says shape {shape} ({expected} bytes), file has {len(raw)}"
-        )
+        raise ContractiveError(f"{path}: {what}: header says shape {shape} ({expected} bytes), file has {len(raw)}")
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
 
 
@@ -245,9 +237,7 @@ def _load_npz(path: Path) -> Dataset:
     key = next((k for k in ("X", "x", "data") if k in arrays), None)
     if key is None:
         if len(arrays) != 1:
-            raise ContractiveError(
-                f"{path}: expected an array named 'X' (or a single array), found {sorted(arrays)}"
-            )
+            raise ContractiveError(f"{path}: expected an array named 'X' (or a single array), found {sorted(arrays)}")
         key = next(iter(arrays))
     X2, shape = _flatten(_to_float(arrays[key], str(path)), str(path))
     y = arrays.get("y")

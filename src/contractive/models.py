@@ -56,9 +56,7 @@ class Autoencoder(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         if config.reconstruction == "auto":
-            raise ContractiveError(
-                "resolve config.reconstruction (config.resolve_reconstruction) before building"
-            )
+            raise ContractiveError("resolve config.reconstruction (config.resolve_reconstruction) before building")
         self.config = config
         linear = nn.Linear(config.n_features, config.hidden)
         self.encoder = nn.Sequential(linear, make_activation(config.activation))

@@ -110,9 +110,7 @@ def jacobian_frobenius_sq(
     Tensor, shape (batch,)
         Differentiable with respect to ``encoder``'s parameters and ``x``.
     """
-    _, penalty = encode_with_penalty(
-        encoder, x, method=method, n_projections=n_projections, generator=generator
-    )
+    _, penalty = encode_with_penalty(encoder, x, method=method, n_projections=n_projections, generator=generator)
     return penalty
 
 

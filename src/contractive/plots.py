@@ -54,9 +54,7 @@ def image_grid(
     return _save(fig, path)
 
 
-def filters(
-    weight: np.ndarray, image_shape: tuple[int, int], path: str | Path, *, max_filters: int = 100
-) -> Path:
+def filters(weight: np.ndarray, image_shape: tuple[int, int], path: str | Path, *, max_filters: int = 100) -> Path:
     """Encoder filters: the rows of W (hidden, n_features) as images."""
     return image_grid(weight[:max_filters], image_shape, path, title="encoder filters (rows of W)")
 

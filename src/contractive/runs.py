@@ -39,9 +39,7 @@ def prepare_run_dir(run_dir: str | Path, *, overwrite: bool = False) -> Path:
     if path.exists() and not path.is_dir():
         raise ContractiveError(f"output {str(path)!r} exists and is not a directory")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise ContractiveError(
-            f"output directory {str(path)!r} is not empty; choose another --out or pass --force"
-        )
+        raise ContractiveError(f"output directory {str(path)!r} is not empty; choose another --out or pass --force")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -61,9 +59,7 @@ def train_run(
 ) -> TrainedRun:
     """Train on ``data`` and write a complete run directory (see :mod:`contractive.checkpoint`)."""
     if model_config.n_features != data.X.shape[1]:
-        raise ContractiveError(
-            f"model expects {model_config.n_features} features, data has {data.X.shape[1]}"
-        )
+        raise ContractiveError(f"model expects {model_config.n_features} features, data has {data.X.shape[1]}")
     model_config = model_config.resolve_reconstruction(float(data.X.min()), float(data.X.max()))
     train_idx, val_idx = train_val_split(data.X.shape[0], train_config.val_fraction, train_config.seed)
     X_train, X_val = data.X[train_idx], data.X[val_idx]
@@ -86,9 +82,7 @@ def train_run(
         "environment": {"torch": torch.__version__, "python": platform.python_version()},
     }
     checkpoint.write_json(path / checkpoint.CONFIG, config)
-    result = fit(
-        model, X_train, X_val if val_idx.size else None, train_config, run_dir=path, progress=progress
-    )
+    result = fit(model, X_train, X_val if val_idx.size else None, train_config, run_dir=path, progress=progress)
     if not result.history:
         return TrainedRun(path, model, {}, result, [])
 
@@ -120,9 +114,7 @@ def write_figures(
         written.append(plots.filters(weight, tuple(image_shape), run_dir / "filters.png"))
         with torch.no_grad():
             X_hat = model(as_tensor(X[:10])).cpu().numpy()
-        written.append(
-            plots.reconstructions(X[:10], X_hat, tuple(image_shape), run_dir / "reconstructions.png")
-        )
+        written.append(plots.reconstructions(X[:10], X_hat, tuple(image_shape), run_dir / "reconstructions.png"))
     return written
 
 
@@ -131,7 +123,5 @@ def encode(model: Autoencoder, X: np.ndarray, *, batch_size: int = 4096) -> np.n
     """Codes of ``X`` (n_samples, n_features) → (n_samples, hidden), float32, computed in batches."""
     validate_features(X, n_features=model.config.n_features)
     model.eval()
-    out = [
-        model.encode(as_tensor(X[i : i + batch_size])).cpu().numpy() for i in range(0, X.shape[0], batch_size)
-    ]
+    out = [model.encode(as_tensor(X[i : i + batch_size])).cpu().numpy() for i in range(0, X.shape[0], batch_size)]
     return np.concatenate(out).astype(np.float32)
