@@ -46,13 +46,31 @@ def app() -> None:
     default=None,
     help="Run directory [default: runs/cae-<data>-<time>].",
 )
-@click.option("--hidden", type=int, default=64, help="Code size H.")
+@click.option("--hidden", type=int, default=None, help="Code size H [default: 64, or the last of --encoder-layers].")
+@click.option(
+    "--encoder-layers",
+    default=None,
+    help="Deep encoder: comma-separated layer sizes from the input to the code, e.g. 500,200.",
+)
+@click.option(
+    "--arch",
+    type=click.Choice(["dense", "conv"]),
+    default="dense",
+    help="dense, or conv: 3×3 stride-2 convolutions (--conv-channels) before the dense layers, for image data.",
+)
+@click.option("--conv-channels", default=None, help="Channels of the convolutions for --arch conv [default: 16,32].")
 @click.option("--lam", type=float, default=DEFAULT_LAM, help="Penalty weight λ (per sample; see README).")
 @click.option("--activation", default="sigmoid", help="Encoder activation: sigmoid, tanh, softplus, relu.")
 @click.option("--decoder", default="sigmoid", help="Decoder output: sigmoid or linear.")
 @click.option("--tied/--untied", default=True, help="Decoder uses Wᵀ (Rifai et al. 2011).")
 @click.option("--reconstruction", default="auto", help="auto (BCE for [0,1] data), bce or squared_error.")
-@click.option("--penalty-method", default="auto", help="How to compute ‖J_f‖²_F.")
+@click.option(
+    "--penalty-method",
+    type=click.Choice(["auto", "closed_form", "exact", "projection"]),
+    default="auto",
+    help="How to compute ‖J_f‖²_F in training: auto picks closed form, else exact if affordable, else projection.",
+)
+@click.option("--n-projections", type=int, default=1, help="Random probes per sample for --penalty-method projection.")
 @click.option("--epochs", type=int, default=50, help="Passes over the training data.")
 @click.option("--batch-size", type=int, default=64, help="Samples per step.")
 @click.option("--lr", type=float, default=1e-2, help="Learning rate.")
@@ -65,8 +83,9 @@ def app() -> None:
 @_limit_option
 @click.option("--force", is_flag=True, help="Overwrite a non-empty --out directory.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-def train(data, out, hidden, lam, activation, decoder, tied, reconstruction, penalty_method, epochs, batch_size,
-          lr, optimizer, weight_decay, seed, val_fraction, patience, split, limit, force, progress) -> None:  # fmt: skip
+def train(data, out, hidden, encoder_layers, arch, conv_channels, lam, activation, decoder, tied, reconstruction,
+          penalty_method, n_projections, epochs, batch_size, lr, optimizer, weight_decay, seed, val_fraction, patience,
+          split, limit, force, progress) -> None:  # fmt: skip
     """Train a contractive autoencoder and write a run directory."""
     from .data import load_dataset
     from .runs import train_run
@@ -76,9 +95,12 @@ def train(data, out, hidden, lam, activation, decoder, tied, reconstruction, pen
         seed=seed, val_fraction=val_fraction, patience=patience,
     )  # fmt: skip
     dataset = load_dataset(data, split=split, limit=limit)
+    image_shape = list(dataset.image_shape) if arch == "conv" and dataset.image_shape else None
     model_config = ModelConfig(
         n_features=dataset.X.shape[1], hidden=hidden, activation=activation, decoder=decoder, tied=tied, lam=lam,
-        reconstruction=reconstruction, penalty_method=penalty_method,
+        reconstruction=reconstruction, penalty_method=penalty_method, n_projections=n_projections,
+        encoder_layers=_int_list(encoder_layers, "--encoder-layers", "500,200"), arch=arch, image_shape=image_shape,
+        conv_channels=_int_list(conv_channels, "--conv-channels", "16,32"),
     )  # fmt: skip
     if out is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -132,6 +154,16 @@ def info(run_dir) -> None:
 
     run = load_run(run_dir)
     click.echo(json.dumps({"config": run.config, "metrics": run.metrics}, indent=2))
+
+
+def _int_list(text: str | None, option: str, example: str) -> list[int] | None:
+    """Parse a comma-separated list of integers such as ``500,200``."""
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ContractiveError(f"{option} must be comma-separated integers such as {example}, got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> None:
