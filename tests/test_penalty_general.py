@@ -101,6 +101,19 @@ def test_exact_chain_from_the_input_side_and_jacfwd_for_expanding_encoders():
     assert rel_err(jacobian_frobenius_sq(opaque(encoder), x, method="exact"), want) < 1e-8
 
 
+@pytest.mark.parametrize("opaque_encoder", [False, True], ids=["chain", "vmap"])
+def test_exact_in_small_chunks_of_samples_is_unchanged(opaque_encoder, monkeypatch):
+    import contractive.penalty as penalty
+
+    encoder = opaque(mixed_mlp()) if opaque_encoder else mixed_mlp()
+    x = torch.randn(11, 9, dtype=torch.float64)
+    whole = jacobian_frobenius_sq(encoder, x, method="exact")
+    monkeypatch.setattr(penalty, "EXACT_CHUNK_ELEMENTS", 100)  # 2 samples' Jacobians per chunk
+    chunked = jacobian_frobenius_sq(encoder, x, method="exact")
+    torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=0)
+    assert rel_err(chunked, brute_force(encoder, x)) < 1e-8
+
+
 def test_batchnorm_in_eval_mode_is_exact():
     torch.manual_seed(5)
     encoder = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Tanh()).double()

@@ -40,8 +40,9 @@ projection
 auto
     Closed form where it applies; exact where it is affordable; projection otherwise. "Affordable" means
     the exact method costs at most :data:`AUTO_EXACT_MAX_COST` forward passes when gradients are needed
-    (training) and at most :data:`AUTO_EXACT_MAX_COST_NO_GRAD` under ``torch.no_grad()`` (evaluation),
-    and its Jacobian fits in :data:`AUTO_MAX_JACOBIAN_ELEMENTS` numbers. :func:`choose_method` returns
+    (training), with the batch's Jacobians within :data:`AUTO_MAX_JACOBIAN_ELEMENTS` numbers, and at most
+    :data:`AUTO_EXACT_MAX_COST_NO_GRAD` under ``torch.no_grad()`` (evaluation, computed in chunks of
+    samples so memory stays bounded). :func:`choose_method` returns
     the choice and the reason; it is also logged (logger ``contractive.penalty``, level INFO) the first
     time an encoder uses it.
 
@@ -79,9 +80,11 @@ MODES = ("auto", "forward", "reverse")
 AUTO_EXACT_MAX_COST = 16
 # ... or this many when no gradient is needed (evaluation under torch.no_grad()).
 AUTO_EXACT_MAX_COST_NO_GRAD = 1024
-# ... and when the batch's per-sample Jacobians hold at most this many numbers (256 MiB in float32).
+# ... and, when gradients are needed (the graph keeps them), the batch's per-sample Jacobians hold at most
+# this many numbers (256 MiB in float32).
 AUTO_MAX_JACOBIAN_ELEMENTS = 2**26
-# The vmap strategies process samples in chunks whose Jacobians hold at most this many numbers.
+# The exact method processes samples in chunks whose Jacobians hold at most this many numbers (16 MiB in
+# float32), which bounds its memory under torch.no_grad() and its transient memory otherwise.
 EXACT_CHUNK_ELEMENTS = 2**22
 
 logger = logging.getLogger(__name__)
@@ -260,7 +263,7 @@ def choose_method(
             return PenaltyPlan("projection", "chain-jvp", f"requested with {n_projections} probe(s)")
         ratio = exact_cost / forward_cost
         elements = batch * _chain_jacobian_elements(stages, in_features)
-        if ratio <= budget and elements <= AUTO_MAX_JACOBIAN_ELEMENTS:
+        if ratio <= budget and (elements <= AUTO_MAX_JACOBIAN_ELEMENTS or not needs_grad):
             return PenaltyPlan(
                 "exact",
                 "chain",
@@ -284,7 +287,7 @@ def choose_method(
         )
     ratio = min(in_size, out_size)
     elements = x.shape[0] * in_size * out_size
-    if ratio <= budget and elements <= AUTO_MAX_JACOBIAN_ELEMENTS:
+    if ratio <= budget and (elements <= AUTO_MAX_JACOBIAN_ELEMENTS or not needs_grad):
         return PenaltyPlan(
             "exact",
             exact_strategy,
@@ -435,34 +438,46 @@ def _exact_chain(stages: list[Stage], x: Tensor) -> tuple[Tensor, Tensor]:
         penalty = slopes[0].pow(2) @ row_norms_sq if slopes[0] is not None else row_norms_sq.sum().expand(batch)
         return h, penalty
     sizes = [x.shape[1]] + [w.shape[0] for w in weights]
-    if _reverse_cost(sizes) <= _forward_cost(sizes):
-        # M = S_m W_m S_{m-1} ⋯ W_2 S_1, shape (B or 1, H_m, H_1); samples never mix.
-        m = weights[-1].unsqueeze(0)
-        if slopes[-1] is not None:
-            m = slopes[-1].unsqueeze(2) * m
-        for weight, slope in zip(reversed(weights[1:-1]), reversed(slopes[1:-1]), strict=True):
-            if slope is not None:
-                m = m * slope.unsqueeze(1)
-            m = m @ weight
-        if slopes[0] is not None:
-            m = m * slopes[0].unsqueeze(1)
-        first = weights[0]
-        if first.shape[0] < first.shape[1]:
-            # Gram matrix of the smaller side: ‖M W_1‖²_F = tr(M (W_1 W_1ᵀ) Mᵀ), H_1² instead of H_1·D per row.
-            gram = first @ first.t()
-            penalty = ((m @ gram) * m).sum(dim=(1, 2))
-        else:
-            penalty = (m @ first).pow(2).sum(dim=(1, 2))
-    else:
-        # U = S_l W_l ⋯ S_1 W_1, shape (B or 1, H_l, D), from the input side (cheaper when D is small).
-        u = weights[0].unsqueeze(0)
-        for index, weight in enumerate(weights):
-            if index:
-                u = weight @ u
-            if slopes[index] is not None:
-                u = slopes[index].unsqueeze(2) * u
-        penalty = u.pow(2).sum(dim=(1, 2))
-    return h, penalty.expand(batch) if penalty.shape[0] != batch else penalty
+    reverse = _reverse_cost(sizes) <= _forward_cost(sizes)
+    first = weights[0]
+    # Gram matrix of the smaller side, once per batch: ‖M W_1‖²_F = tr(M (W_1 W_1ᵀ) Mᵀ) costs H_1² per row
+    # of M instead of H_1·D.
+    gram = first @ first.t() if reverse and first.shape[0] < first.shape[1] else None
+    # Chunks of samples bound the size of the per-sample matrices (all that evaluation keeps in memory).
+    chunk = max(1, EXACT_CHUNK_ELEMENTS // _chain_jacobian_elements(stages, x.shape[1]))
+    pieces = []
+    for start in range(0, batch, chunk):
+        part = [None if slope is None else slope[start : start + chunk] for slope in slopes]
+        piece = _chain_reverse(weights, part, gram) if reverse else _chain_from_input(weights, part)
+        pieces.append(piece.expand(min(chunk, batch - start)))
+    return h, torch.cat(pieces)
+
+
+def _chain_reverse(weights: list[Tensor], slopes: list[Tensor | None], gram: Tensor | None) -> Tensor:
+    """‖J‖²_F from the code side: M = S_m W_m S_{m-1} ⋯ W_2 S_1, shape (b or 1, H_m, H_1), then W_1."""
+    m = weights[-1].unsqueeze(0)
+    if slopes[-1] is not None:
+        m = slopes[-1].unsqueeze(2) * m
+    for weight, slope in zip(reversed(weights[1:-1]), reversed(slopes[1:-1]), strict=True):
+        if slope is not None:
+            m = m * slope.unsqueeze(1)
+        m = m @ weight
+    if slopes[0] is not None:
+        m = m * slopes[0].unsqueeze(1)
+    if gram is not None:
+        return ((m @ gram) * m).sum(dim=(1, 2))
+    return (m @ weights[0]).pow(2).sum(dim=(1, 2))
+
+
+def _chain_from_input(weights: list[Tensor], slopes: list[Tensor | None]) -> Tensor:
+    """‖J‖²_F from the input side: U = S_l W_l ⋯ S_1 W_1, shape (b or 1, H_l, D); cheaper when D is small."""
+    u = weights[0].unsqueeze(0)
+    for index, weight in enumerate(weights):
+        if index:
+            u = weight @ u
+        if slopes[index] is not None:
+            u = slopes[index].unsqueeze(2) * u
+    return u.pow(2).sum(dim=(1, 2))
 
 
 # ----------------------------------------------------------------------------------------------------------
