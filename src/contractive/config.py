@@ -18,6 +18,7 @@ from .errors import ContractiveError
 DECODERS = ("sigmoid", "linear")
 RECONSTRUCTIONS = ("auto", "bce", "squared_error")
 OPTIMIZERS = ("adam", "sgd")
+PRECISIONS = ("32", "bf16")
 
 # Default λ for the per-sample convention (see README, "The loss"), chosen on scikit-learn's digits with
 # 64 sigmoid hidden units and 100 Adam epochs by a sweep over λ ∈ {0, 0.01, 0.03, 0.1, 0.3, 1}
@@ -118,7 +119,8 @@ class TrainConfig:
     """How to train: optimiser, batches, epochs, seed, validation and early stopping.
 
     ``patience = 0`` disables early stopping; otherwise training stops after ``patience`` epochs without a
-    lower validation loss and the best weights are restored.
+    lower validation loss and the best weights are restored. ``precision = "bf16"`` runs the forward pass
+    under bfloat16 autocast (the contractive penalty stays float32).
     """
 
     epochs: int = 50
@@ -130,8 +132,13 @@ class TrainConfig:
     seed: int = 0
     val_fraction: float = 0.1
     patience: int = 0
+    precision: str = "32"
 
     def __post_init__(self) -> None:
+        _check(
+            self.precision in PRECISIONS,
+            f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}",
+        )
         _check(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be ≥ 1, got {self.epochs}")
         _check(
             isinstance(self.batch_size, int) and self.batch_size >= 1,

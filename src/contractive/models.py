@@ -105,9 +105,12 @@ class Autoencoder(nn.Module):
         """
         lam = self.config.lam
         if lam > 0 or not self.training:
-            h, penalty = encode_with_penalty(
-                self.encoder, x, method=self.config.penalty_method, n_projections=self.config.n_projections
-            )
+            # The penalty (squared derivatives summed over H·D terms) is kept in float32 even under
+            # bf16 autocast: bfloat16's 8-bit mantissa would swamp it in rounding error.
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                h, penalty = encode_with_penalty(
+                    self.encoder, x.float(), method=self.config.penalty_method, n_projections=self.config.n_projections
+                )
             penalty = penalty.mean()
         else:
             h, penalty = self.encode(x), torch.full((), float("nan"))
