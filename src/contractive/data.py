@@ -36,9 +36,10 @@ SPLITS = ("auto", "train", "test")
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 # Files at least this large are memory-mapped rather than read when ``mmap`` is left to decide.
-MMAP_MIN_BYTES = 512 * 2**20
-# Rows per chunk are chosen so that one chunk holds about this many bytes (as float32).
-CHUNK_BYTES = 32 * 2**20
+MMAP_MIN_BYTES = 256 * 2**20
+# Rows per chunk of whole-array passes (validation, min/max) are chosen so that one chunk holds about
+# this many bytes as float32: small against memory, large enough to amortise the per-chunk mapping.
+CHUNK_BYTES = 8 * 2**20
 
 
 class MappedArray:
@@ -108,7 +109,8 @@ class MappedArray:
     def _read(self, stored_rows) -> np.ndarray:
         mapped = np.memmap(self.path, dtype=self.stored_dtype, mode="r", offset=self.offset, shape=self.stored_shape)
         try:
-            block = np.asarray(mapped[stored_rows], dtype=np.float32).reshape(-1, self.n_features)
+            # A copy (never a view): the result must outlive the mapping and be writable.
+            block = np.array(mapped[stored_rows], dtype=np.float32, copy=True).reshape(-1, self.n_features)
         finally:
             del mapped  # unmap now: the touched pages leave this process's RSS
         if self.divisor is not None:
