@@ -68,7 +68,9 @@ def measure(gb: float, n_features: int = 256, hidden: int = 16) -> dict[str, flo
         write_s = time.perf_counter() - started
         head = np.load(data_path, mmap_mode="r")[:512].copy()
         config = ModelConfig(n_features=n_features, hidden=hidden, reconstruction="bce")
-        train_run(Dataset(head), config, TrainConfig(epochs=1), tmp / "run", progress=False, figures=False, device="cpu")
+        train_run(
+            Dataset(head), config, TrainConfig(epochs=1), tmp / "run", progress=False, figures=False, device="cpu"
+        )
         started = time.perf_counter()
         child = subprocess.run(
             [sys.executable, "-c", _MEASURE, str(tmp / "run"), str(data_path), str(codes_path)],
