@@ -12,6 +12,8 @@ where ``reconstruction`` is summed over features. λ therefore does not depend o
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -107,9 +109,13 @@ class Autoencoder(nn.Module):
         if lam > 0 or not self.training:
             # The penalty (squared derivatives summed over H·D terms) is kept in float32 even under
             # bf16 autocast: bfloat16's 8-bit mantissa would swamp it in rounding error.
-            with torch.autocast(device_type=x.device.type, enabled=False):
+            autocasting = torch.is_autocast_enabled(x.device.type)
+            with torch.autocast(device_type=x.device.type, enabled=False) if autocasting else nullcontext():
                 h, penalty = encode_with_penalty(
-                    self.encoder, x.float(), method=self.config.penalty_method, n_projections=self.config.n_projections
+                    self.encoder,
+                    x.float() if autocasting else x,
+                    method=self.config.penalty_method,
+                    n_projections=self.config.n_projections,
                 )
             penalty = penalty.mean()
         else:
