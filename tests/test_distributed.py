@@ -28,6 +28,7 @@ def _history(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun not installed")
 def test_torchrun_two_processes_match_one_process(tmp_path):
     """2 epochs on digits with a global batch of 64: 2 ranks × 32 vs 1 process × 64, same seed.
@@ -87,6 +88,7 @@ def _gradient_worker(rank: int, world_size: int, init_file: str, out_dir: str) -
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_averages_gradients_to_the_full_batch_gradient(tmp_path):
     """7 samples over 2 ranks (4 + 3): after one backward both ranks hold the 7-sample mean gradient,
     penalty included, which only happens if the loss ran through DDP's forward."""

@@ -86,6 +86,7 @@ main(sys.argv[1:])
 """
 
 
+@pytest.mark.slow
 def test_cli_sigint_then_resume_equals_uninterrupted(tmp_path, cli):
     """The user's path: Ctrl-C a running ``contractive train`` after epoch 1, then ``--resume`` it."""
     args = ["--data", "digits", "--limit", "300", "--hidden", "12", "--batch-size", "32", "--epochs", "3"]
