@@ -112,6 +112,40 @@ def test_caeh_loss_term_is_gamma_times_mean_over_copies():
     torch.testing.assert_close(terms["loss"], expected)
 
 
+@pytest.mark.parametrize("method", ["auto", "exact"])
+def test_caeh_general_path_equals_explicit_jacobians_for_a_deep_encoder(method):
+    torch.manual_seed(8)
+    encoder = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3), nn.Sigmoid()).double()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    x_tilde = relatives.gaussian_copies(x, 2, 0.5, generator=torch.Generator().manual_seed(1))
+    got = relatives.jacobian_difference_sq(encoder, x, x_tilde, method=method)
+    J = explicit_jacobians(encoder, x)
+    expected = torch.stack([(J - explicit_jacobians(encoder, x_tilde[k])).pow(2).sum(dim=(1, 2)) for k in range(2)])
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    weight = encoder[2].weight
+    torch.testing.assert_close(
+        torch.autograd.grad(got.sum(), weight, retain_graph=True)[0],
+        torch.autograd.grad(expected.sum(), weight)[0],
+        rtol=1e-9,
+        atol=1e-11,
+    )
+
+
+def test_caeh_projection_estimate_is_unbiased():
+    torch.manual_seed(9)
+    encoder = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3), nn.Sigmoid()).double()
+    x = torch.randn(3, 6, dtype=torch.float64)
+    x_tilde = relatives.gaussian_copies(x, 1, 0.5, generator=torch.Generator().manual_seed(2))
+    exact = relatives.jacobian_difference_sq(encoder, x, x_tilde, method="exact")
+    k = 4000
+    estimate = relatives.jacobian_difference_sq(
+        encoder, x, x_tilde, method="projection", n_projections=k, generator=torch.Generator().manual_seed(3)
+    )
+    # Rademacher probes: Var ‖ΔJ v‖² ≤ 2‖ΔJᵀΔJ‖²_F ≤ 2‖ΔJ‖⁴_F, so 5 standard errors of the mean of k.
+    tolerance = 5 * math.sqrt(2 / k) * exact
+    assert torch.all((estimate - exact).abs() < tolerance), (estimate, exact)
+
+
 def test_closed_form_caeh_refuses_other_encoders():
     encoder = nn.Sequential(nn.Linear(4, 3), nn.Sigmoid(), nn.Linear(3, 2))
     x = torch.rand(2, 4)
@@ -204,6 +238,20 @@ def test_reconstruction_jacobian_closed_form_equals_explicit_jacobians_in_float6
         rtol=1e-10,
         atol=1e-12,
     )
+
+
+@pytest.mark.parametrize("method", ["exact", "projection"])
+def test_reconstruction_jacobian_general_path_matches_the_closed_form(method):
+    torch.manual_seed(10)
+    model = Autoencoder(ModelConfig(n_features=6, hidden=4, reconstruction="bce")).double()
+    x = torch.rand(3, 6, dtype=torch.float64)
+    closed = relatives.reconstruction_jacobian_sq(model, x)
+    k = 1 if method == "exact" else 4000
+    general = relatives.reconstruction_jacobian_sq(
+        model, x, method=method, n_projections=k, generator=torch.Generator().manual_seed(0)
+    )
+    tolerance = 1e-10 * closed if method == "exact" else 5 * math.sqrt(2 / k) * closed
+    assert torch.all((general - closed).abs() <= tolerance), (general, closed)
 
 
 def test_rcae_loss_penalises_the_reconstruction_jacobian():

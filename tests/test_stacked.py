@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from contractive import ModelConfig, TrainConfig, load_dataset
 from contractive.checkpoint import CONFIG, WEIGHTS, load_run, save_weights, write_json
+from contractive.cli import main
 from contractive.errors import ContractiveError
 from contractive.stacked import StackedAutoencoder, compare_finetuning, layer_configs, pretrain, random_like
 from contractive.training import fit
@@ -115,18 +116,46 @@ def test_finetuning_learns_the_labels_and_does_not_touch_the_pretrained_stack(di
     assert all(torch.equal(before[k], v) for k, v in stack.state_dict().items())
 
 
-def test_cli_rejects_bad_layers_and_conflicting_hidden(cli, tmp_path):
-    bad = cli("train", "--layers", "16,x", "--out", str(tmp_path / "a"))
-    assert bad.returncode == 2 and "error: --layers must be comma-separated" in bad.stderr
-    clash = cli("train", "--layers", "16,8", "--hidden", "4", "--out", str(tmp_path / "b"))
-    assert clash.returncode == 2 and "disagrees with the top of --layers" in clash.stderr
+def run_main(capsys, *args: str) -> tuple[int, str, str]:
+    """The CLI in-process (no interpreter start-up): exit status, stdout, stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
 
 
-def test_finetune_needs_labels(cli, tmp_path):
+def test_cli_rejects_bad_layers_conflicting_hidden_and_unlabelled_finetuning(capsys, tmp_path):
+    code, _, err = run_main(capsys, "train", "--layers", "16,x", "--out", str(tmp_path / "a"))
+    assert code == 2 and err.startswith("error: --layers must be comma-separated")
+    code, _, err = run_main(capsys, "train", "--layers", "16,8", "--hidden", "4", "--out", str(tmp_path / "b"))
+    assert code == 2 and "disagrees with the top of --layers" in err
     np.save(tmp_path / "x.npy", np.random.default_rng(0).random((50, 64)).astype(np.float32))
     config = stack_config()
     save_weights(tmp_path / WEIGHTS, StackedAutoencoder(config))
     write_json(tmp_path / CONFIG, {"model": config.to_dict()})
-    out = cli("finetune", str(tmp_path), "--data", str(tmp_path / "x.npy"))
-    assert out.returncode == 2 and "needs labels" in out.stderr, out.stderr
-    assert json.loads((tmp_path / CONFIG).read_text())["model"]["layers"] == [24, 10]
+    code, _, err = run_main(capsys, "finetune", str(tmp_path), "--data", str(tmp_path / "x.npy"))
+    assert code == 2 and err == f"error: {tmp_path / 'x.npy'}: fine-tuning needs labels, and this dataset has none\n"
+
+
+def test_cli_trains_a_stack_then_finetunes_it_against_a_random_start(capsys, tmp_path):
+    run_dir = tmp_path / "stack"
+    code, out, err = run_main(
+        capsys, "train", "--data", "digits", "--limit", "300", "--layers", "32,16", "--epochs", "2",
+        "--no-progress", "--out", str(run_dir),
+    )  # fmt: skip
+    assert code == 0, err
+    run = load_run(run_dir)
+    assert isinstance(run.model, StackedAutoencoder) and run.config["model"]["layers"] == [32, 16]
+    assert [row["layer"] for row in run.history] == [0, 0, 1, 1]
+    code, out, err = run_main(
+        capsys, "finetune", str(run_dir), "--data", "digits", "--limit", "500", "--test-size", "200",
+        "--epochs", "15", "--lr", "0.02",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "fine-tuned on the first 300 samples, tested on the last 200" in out
+    assert "cae 32-16 pretrained" in out and "random init" in out
+    saved = json.loads((run_dir / "finetune.json").read_text())
+    assert (saved["n_train"], saved["n_test"]) == (300, 200)
+    for name in ("pretrained", "random_init"):
+        assert 0 <= saved[name]["test_error"] < 0.6, saved[name]  # chance is 0.9
+        assert f"{100 * saved[name]['test_error']:6.2f}%" in out

@@ -212,7 +212,9 @@ def finetune(run_dir, data, split, limit, test_size, train_size, epochs, batch_s
         {"data": dataset.description, "n_train": n_train, "n_test": n_test, "training": config.to_dict(), **results},
     )
     click.echo(f"fine-tuned on the first {n_train} samples, tested on the last {n_test} ({epochs} epochs)")
-    for name, label in (("pretrained", f"{run.model.config.model} pretrained"), ("random_init", "random init")):
+    cfg = run.model.config
+    shape = "-".join(str(h) for h in (cfg.layers or [cfg.hidden]))
+    for name, label in (("pretrained", f"{cfg.model} {shape} pretrained"), ("random_init", "random init")):
         r = results[name]
         click.echo(
             f"  {label:<20} test error {100 * r['test_error']:6.2f}%   train error {100 * r['train_error']:6.2f}%"
