@@ -217,7 +217,7 @@ def finetune(run_dir, data, split, limit, test_size, train_size, epochs, batch_s
     for name, label in (("pretrained", f"{cfg.model} {shape} pretrained"), ("random_init", "random init")):
         r = results[name]
         click.echo(
-            f"  {label:<20} test error {100 * r['test_error']:6.2f}%   train error {100 * r['train_error']:6.2f}%"
+            f"  {label:<24} test error {100 * r['test_error']:6.2f}%   train error {100 * r['train_error']:6.2f}%"
         )
 
 

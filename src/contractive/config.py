@@ -166,6 +166,11 @@ class ModelConfig:
             f"layers must be a list of hidden sizes ≥ 1, got {self.layers}",
         )
         self.layers = list(self.layers)
+        _check(
+            not (self.layers and self.penalty_method == "closed_form"),
+            "a stack's encoder has several layers, so penalty_method 'closed_form' cannot report its penalty; "
+            "use 'auto' (each layer is still trained with its closed form)",
+        )
         if self.layers:
             self.hidden = self.layers[-1]  # the code size of a stack is its top layer
 
