@@ -21,7 +21,7 @@ from .config import ModelConfig, TrainConfig
 from .data import Dataset, take_rows, train_val_split, validate_features
 from .distributed import Context, resolve_device
 from .errors import ContractiveError
-from .models import Autoencoder
+from .models import Autoencoder, build_model
 from .training import FitResult, as_tensor, evaluate, fit, seed_everything
 
 
@@ -95,6 +95,8 @@ def train_run(
             "world_size": context.world_size,
         },
     }
+    if model_config.layers and (resume or context.world_size > 1):
+        raise ContractiveError("stacked models (--layers) train greedily in one process and cannot be resumed yet")
     if resume:
         _check_resumable(path, config)
     else:
@@ -108,12 +110,18 @@ def train_run(
         context.barrier()
 
     seed_everything(train_config.seed)
-    model = Autoencoder(model_config)
+    model = build_model(model_config)
     has_val = val_idx.size > 0
-    result = fit(
-        model, X_train, X_val if has_val else None, train_config,
-        run_dir=path, progress=progress, context=context, resume=resume,
-    )  # fmt: skip
+    X_val_or_none = X_val if has_val else None
+    if model_config.layers:
+        from .stacked import pretrain  # greedy layer-wise: each layer fitted on the codes below it
+
+        result = pretrain(model, X_train, X_val_or_none, train_config, run_dir=path, progress=progress)
+    else:
+        result = fit(
+            model, X_train, X_val_or_none, train_config,
+            run_dir=path, progress=progress, context=context, resume=resume,
+        )  # fmt: skip
     if not result.history:
         return TrainedRun(path, model, {}, result, [])
 
