@@ -18,7 +18,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(BIN)/contractive train --data digits --out runs/demo
+	$(BIN)/contractive train --data digits --out runs/demo --force
 
 test: install
 	$(BIN)/ruff check src tests benchmarks examples

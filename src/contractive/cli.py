@@ -12,7 +12,6 @@ from datetime import datetime
 from pathlib import Path
 
 import click
-import numpy as np
 
 from .config import DEFAULT_LAM, ModelConfig, TrainConfig
 from .errors import ContractiveError
@@ -30,6 +29,12 @@ _split_option = click.option(
     help="IDX files to read: auto (train if present), train, test.",
 )
 _limit_option = click.option("--limit", type=int, default=None, help="Use only the first N samples.")
+_device_option = click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    default="auto",
+    help="Where to compute: auto picks CUDA when available (under torchrun: this rank's GPU).",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -83,33 +88,80 @@ def app() -> None:
 @_limit_option
 @click.option("--force", is_flag=True, help="Overwrite a non-empty --out directory.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-def train(data, out, hidden, encoder_layers, arch, conv_channels, lam, activation, decoder, tied, reconstruction,
+@click.option("--model", "model_kind", default="cae", help="Criterion: ae, cae, dae, rcae (penalise ‖J_r‖²_F), caeh.")
+@click.option("--penalty-on", default="encoder", help="encoder (CAE) or reconstruction (same as --model rcae).")
+@click.option("--noise", default="gaussian", help="DAE corruption: gaussian or masking.")
+@click.option("--sigma", type=float, default=0.1, help="Std of Gaussian corruption (dae, caeh).")
+@click.option("--mask-prob", type=float, default=0.25, help="Probability of zeroing a feature (dae, masking).")
+@click.option("--gamma", type=float, default=1.0, help="Weight γ of the CAE+H term.")
+@click.option("--n-corruptions", type=int, default=4, help="Corrupted copies per sample for CAE+H.")
+@click.option(
+    "--layers", default=None, help="Stacked AE: hidden sizes bottom to top, e.g. 256,128 (greedy pretraining)."
+)
+@_device_option
+@click.option(
+    "--precision",
+    type=click.Choice(["32", "bf16"]),
+    default="32",
+    help="bf16: bfloat16 autocast for the forward pass (penalty stays float32).",
+)
+@click.option(
+    "--resume",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Continue the interrupted run in this directory from its last checkpoint, with its config.json.",
+)
+@click.pass_context
+def train(ctx, data, out, hidden, encoder_layers, arch, conv_channels, lam, activation, decoder, tied, reconstruction,
           penalty_method, n_projections, epochs, batch_size, lr, optimizer, weight_decay, seed, val_fraction, patience,
-          split, limit, force, progress) -> None:  # fmt: skip
-    """Train a contractive autoencoder and write a run directory."""
-    from .data import load_dataset
-    from .runs import train_run
+          split, limit, force, progress, model_kind, penalty_on, noise, sigma, mask_prob, gamma, n_corruptions, layers,
+          device, precision, resume) -> None:  # fmt: skip
+    """Train a contractive autoencoder (or a relative, or a stack) and write a run directory.
 
-    train_config = TrainConfig(
-        epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
-        seed=seed, val_fraction=val_fraction, patience=patience,
-    )  # fmt: skip
-    dataset = load_dataset(data, split=split, limit=limit)
-    image_shape = list(dataset.image_shape) if arch == "conv" and dataset.image_shape else None
-    model_config = ModelConfig(
-        n_features=dataset.X.shape[1], hidden=hidden, activation=activation, decoder=decoder, tied=tied, lam=lam,
-        reconstruction=reconstruction, penalty_method=penalty_method, n_projections=n_projections,
-        encoder_layers=_int_list(encoder_layers, "--encoder-layers", "500,200"), arch=arch, image_shape=image_shape,
-        conv_channels=_int_list(conv_channels, "--conv-channels", "16,32"),
-    )  # fmt: skip
-    if out is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = Path("runs") / f"cae-{dataset.description.get('name', 'data')}-{stamp}"
-    run = train_run(dataset, model_config, train_config, out, overwrite=force, progress=progress)
+    Runs under torchrun as is (``torchrun --nproc_per_node=N -m contractive train ...``): --batch-size
+    is then the global batch, split evenly across the processes.
+    """
+    from .data import load_dataset
+    from .distributed import session
+    from .runs import resume_settings, train_run
+
+    if resume is not None:
+        spec, model_config, train_config = resume_settings(resume)
+        _reject_resume_conflicts(ctx, resume, spec, model_config, train_config)
+        dataset = load_dataset(spec["spec"], split=spec["split"], limit=spec["limit"])
+        out = resume
+    else:
+        train_config = TrainConfig(
+            epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
+            seed=seed, val_fraction=val_fraction, patience=patience, precision=precision,
+        )  # fmt: skip
+        dataset = load_dataset(data, split=split, limit=limit)
+        image_shape = list(dataset.image_shape) if arch == "conv" and dataset.image_shape else None
+        model_config = ModelConfig(
+            n_features=dataset.X.shape[1], hidden=hidden, activation=activation, decoder=decoder, tied=tied,
+            lam=lam, reconstruction=reconstruction, penalty_method=penalty_method, n_projections=n_projections,
+            encoder_layers=_int_list(encoder_layers, "--encoder-layers", "500,200"), arch=arch,
+            image_shape=image_shape, conv_channels=_int_list(conv_channels, "--conv-channels", "16,32"),
+            **_relative_options(model_kind, penalty_on, noise, sigma, mask_prob, gamma, n_corruptions, layers, hidden),
+        )  # fmt: skip
+    with session(device) as context:
+        if out is None:
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            # Under torchrun every rank must write to the one directory rank 0 names.
+            out = context.broadcast(
+                Path("runs") / f"{model_config.model}-{dataset.description.get('name', 'data')}-{stamp}"
+            )
+        run = train_run(
+            dataset, model_config, train_config, out,
+            overwrite=force, progress=progress, context=context, resume=resume is not None,
+        )  # fmt: skip
+        is_main = context.is_main
     if run.result.interrupted:
         done = len(run.result.history)
         click.echo(f"interrupted after {done} complete epoch(s); last checkpoint kept in {run.run_dir}", err=True)
         sys.exit(130)
+    if not is_main:
+        return
     m = run.metrics
     click.echo(
         f"trained {m['epochs_trained']} epochs in {m['train_time_s']:.1f}s on {dataset.X.shape[0]} samples → {run.run_dir}\n"
@@ -118,32 +170,85 @@ def train(data, out, hidden, encoder_layers, arch, conv_channels, lam, activatio
     )
 
 
+def _reject_resume_conflicts(ctx, run_dir: Path, spec: dict, model_config: ModelConfig, train_config: TrainConfig):
+    """--resume takes every setting from the run's config.json; an option that disagrees is an error."""
+    from click.core import ParameterSource
+
+    stored = {
+        **model_config.to_dict(),
+        **train_config.to_dict(),
+        "data": spec["spec"],
+        "split": spec["split"],
+        "limit": spec["limit"],
+    }
+    for name, value in ctx.params.items():
+        if name in ("resume", "device", "progress") or ctx.get_parameter_source(name) != ParameterSource.COMMANDLINE:
+            continue
+        option = "--" + name.replace("_", "-")
+        if name in ("out", "force"):
+            raise ContractiveError(f"{option} cannot be combined with --resume (the run continues in {run_dir})")
+        if name in ("layers", "encoder_layers", "conv_channels"):
+            value = _int_list(value, option, "500,200")
+        if name in stored and value != stored[name] and not (name == "reconstruction" and value == "auto"):
+            raise ContractiveError(
+                f"{option} {value} conflicts with the run being resumed ({name} = {stored[name]!r} in "
+                f"{run_dir / 'config.json'}); --resume takes its settings from that file"
+            )
+
+
+def _relative_options(model_kind, penalty_on, noise, sigma, mask_prob, gamma, n_corruptions, layers, hidden) -> dict:
+    """ModelConfig fields of the relatives, refusing options that would silently do nothing."""
+    ctx = click.get_current_context()
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+
+    if model_kind in ("ae", "dae") and given("lam") and ctx.params["lam"] != 0:
+        raise ContractiveError(f"--lam has no effect with --model {model_kind} (it has no Jacobian penalty)")
+    sizes: list[int] = []
+    if layers is not None:
+        try:
+            sizes = [int(v) for v in layers.split(",") if v.strip()]
+        except ValueError:
+            raise ContractiveError(f"--layers must be comma-separated integers like 256,128, got {layers!r}") from None
+        if not sizes:
+            raise ContractiveError("--layers needs at least one hidden size")
+        if given("hidden") and hidden != sizes[-1]:
+            raise ContractiveError(f"--hidden {hidden} disagrees with the top of --layers {layers}; give one of them")
+    return {
+        "model": model_kind, "penalty_on": penalty_on, "noise": noise, "sigma": sigma, "mask_prob": mask_prob,
+        "gamma": gamma, "n_corruptions": n_corruptions, "layers": sizes,
+    }  # fmt: skip
+
+
 @app.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @_data_option
 @click.option("--output", type=click.Path(path_type=Path), default=Path("features.npy"), help="Codes file (.npy).")
 @_split_option
 @_limit_option
-def encode(run_dir, data, output, split, limit) -> None:
-    """Write the hidden codes of DATA under the model in RUN_DIR to a .npy file."""
-    from .checkpoint import atomic_write, load_run
+@_device_option
+@click.option("--batch-size", type=int, default=4096, help="Samples encoded at a time.")
+def encode(run_dir, data, output, split, limit, device, batch_size) -> None:
+    """Write the hidden codes of DATA under the model in RUN_DIR to a .npy file.
+
+    Large .npy inputs are memory-mapped and the codes are streamed into the output file batch by batch,
+    so neither has to fit in memory.
+    """
+    from .checkpoint import load_run
     from .data import load_dataset
-    from .runs import encode as encode_array
+    from .runs import encode_to_npy
 
     if output.suffix != ".npy":
         raise ContractiveError(f"output {str(output)!r} must end in .npy")
     if not output.resolve().parent.is_dir():
         raise ContractiveError(f"output directory {str(output.parent)!r} does not exist")
+    if batch_size < 1:
+        raise ContractiveError(f"batch size must be ≥ 1, got {batch_size}")
     run = load_run(run_dir)
     dataset = load_dataset(data, split=split, limit=limit)
-    codes = encode_array(run.model, dataset.X)
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            np.save(fh, codes)
-
-    atomic_write(output, write)
-    click.echo(f"wrote codes of shape {codes.shape} to {output}")
+    shape = encode_to_npy(run.model, dataset.X, output, batch_size=batch_size, device=device)
+    click.echo(f"wrote codes of shape {shape} to {output}")
 
 
 @app.command()
@@ -154,6 +259,56 @@ def info(run_dir) -> None:
 
     run = load_run(run_dir)
     click.echo(json.dumps({"config": run.config, "metrics": run.metrics}, indent=2))
+
+
+@app.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@_data_option
+@_split_option
+@_limit_option
+@click.option("--test-size", type=int, default=None, help="The last N samples are the test set [default: 20%].")
+@click.option("--train-size", type=int, default=None, help="The first N samples train [default: all before test].")
+@click.option("--epochs", type=int, default=20, help="Fine-tuning passes over the training part.")
+@click.option("--batch-size", type=int, default=64, help="Samples per step.")
+@click.option("--lr", type=float, default=1e-3, help="Learning rate.")
+@click.option("--optimizer", default="adam", help="adam or sgd.")
+@click.option("--seed", type=int, default=0, help="Seed for the head, shuffling and the random-init baseline.")
+def finetune(run_dir, data, split, limit, test_size, train_size, epochs, batch_size, lr, optimizer, seed) -> None:
+    """Fine-tune RUN_DIR's encoder with a softmax head on labelled DATA; compare with a random start.
+
+    The split is fixed, not random: the first samples train, the last --test-size samples test. The
+    baseline is a network of identical shape with Glorot-uniform weights, trained the same way. Results
+    are printed and written to RUN_DIR/finetune.json.
+    """
+    from .checkpoint import load_run, write_json
+    from .data import load_dataset
+    from .stacked import compare_finetuning
+
+    run = load_run(run_dir)
+    dataset = load_dataset(data, split=split, limit=limit)
+    if dataset.y is None:
+        raise ContractiveError(f"{data}: fine-tuning needs labels, and this dataset has none")
+    n = dataset.X.shape[0]
+    n_test = test_size if test_size is not None else max(1, n // 5)
+    n_train = train_size if train_size is not None else n - n_test
+    if n_test < 1 or n_train < 1 or n_train + n_test > n:
+        raise ContractiveError(f"--train-size {n_train} and --test-size {n_test} do not fit in {n} samples")
+    X_train, y_train = dataset.X[:n_train], dataset.y[:n_train]
+    X_test, y_test = dataset.X[n - n_test :], dataset.y[n - n_test :]
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed, val_fraction=0)
+    results = compare_finetuning(run.model.encoder, X_train, y_train, X_test, y_test, config)
+    write_json(
+        Path(run_dir) / "finetune.json",
+        {"data": dataset.description, "n_train": n_train, "n_test": n_test, "training": config.to_dict(), **results},
+    )
+    click.echo(f"fine-tuned on the first {n_train} samples, tested on the last {n_test} ({epochs} epochs)")
+    cfg = run.model.config
+    shape = "-".join(str(h) for h in (cfg.layers or cfg.encoder_layers or [cfg.hidden]))
+    for name, label in (("pretrained", f"{cfg.model} {shape} pretrained"), ("random_init", "random init")):
+        r = results[name]
+        click.echo(
+            f"  {label:<24} test error {100 * r['test_error']:6.2f}%   train error {100 * r['train_error']:6.2f}%"
+        )
 
 
 def _int_list(text: str | None, option: str, example: str) -> list[int] | None:

@@ -23,6 +23,11 @@ DEFAULT_HIDDEN = 64
 DEFAULT_CONV_CHANNELS = (16, 32)
 RECONSTRUCTIONS = ("auto", "bce", "squared_error")
 OPTIMIZERS = ("adam", "sgd")
+PRECISIONS = ("32", "bf16")
+# Which training criterion (see contractive.models.Autoencoder.loss and contractive.relatives).
+MODELS = ("ae", "cae", "dae", "rcae", "caeh")
+NOISES = ("gaussian", "masking")
+PENALTY_TARGETS = ("encoder", "reconstruction")
 
 # Default λ for the per-sample convention (see README, "The loss"), chosen on scikit-learn's digits with
 # 64 sigmoid hidden units and 100 Adam epochs by a sweep over λ ∈ {0, 0.01, 0.03, 0.1, 0.3, 1}
@@ -62,6 +67,28 @@ class ModelConfig:
         which is exact wherever that is affordable, so validation metrics carry no projection noise).
     n_projections : int
         Probes per sample for the ``"projection"`` method.
+    model : {"ae", "cae", "dae", "rcae", "caeh"}
+        Training criterion: plain AE; CAE (λ‖J_f(x)‖²_F); denoising AE (reconstruct x from a corrupted
+        x̃); reconstruction-contractive AE (λ‖J_r(x)‖²_F with r = g∘f); CAE+H (the CAE plus
+        γ · mean over ``n_corruptions`` copies x̃ = x + ε, ε ~ N(0, σ²I), of ‖J_f(x) − J_f(x̃)‖²_F).
+        Models without a Jacobian penalty (``ae``, ``dae``) store ``lam = 0``.
+    penalty_on : {"encoder", "reconstruction"}
+        What the λ term contracts. ``"reconstruction"`` is the same as ``model="rcae"``; either spelling
+        is normalised to ``model="rcae", penalty_on="reconstruction"``.
+    noise : {"gaussian", "masking"}
+        Corruption of the denoising AE: x + ε with ε ~ N(0, σ²I), or each feature set to 0 with
+        probability ``mask_prob``. CAE+H always uses Gaussian copies of std ``sigma``.
+    sigma : float
+        Standard deviation of Gaussian corruption (``dae`` with Gaussian noise, ``caeh``).
+    mask_prob : float
+        Probability of zeroing a feature (``dae`` with masking noise).
+    gamma : float
+        Weight γ ≥ 0 of the CAE+H higher-order term.
+    n_corruptions : int
+        Number of corrupted copies per sample for the CAE+H term.
+    layers : list of int
+        Hidden sizes of a stacked autoencoder, bottom to top (greedy layer-wise pretraining, see
+        :mod:`contractive.stacked`). Empty for a single layer; when given, ``hidden`` is the top size.
     encoder_layers : list of int, optional
         Sizes of the dense encoder layers from the input (or, for ``arch="conv"``, from the convolutional
         features) to the code, e.g. ``[500, 200]`` for a deep CAE 784→500→200; the last is the code size
@@ -86,6 +113,14 @@ class ModelConfig:
     reconstruction: str = "auto"
     penalty_method: str = "auto"
     n_projections: int = 1
+    model: str = "cae"
+    penalty_on: str = "encoder"
+    noise: str = "gaussian"
+    sigma: float = 0.1
+    mask_prob: float = 0.25
+    gamma: float = 1.0
+    n_corruptions: int = 4
+    layers: list[int] = dataclasses.field(default_factory=list)
     encoder_layers: list[int] | None = None
     arch: str = "dense"
     image_shape: list[int] | None = None
@@ -130,6 +165,7 @@ class ModelConfig:
             if self.conv_channels is None:
                 self.conv_channels = list(DEFAULT_CONV_CHANNELS)
         _check(self.conv_channels is None or self.arch == "conv", "conv_channels only applies to arch 'conv'")
+        _check(self.image_shape is None or self.arch == "conv", "image_shape only applies to arch 'conv'")
         _check(
             self.activation in ACTIVATION_NAMES,
             f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATION_NAMES)}",
@@ -162,6 +198,58 @@ class ModelConfig:
             and self.n_projections >= 1,
             f"n_projections must be an integer ≥ 1, got {self.n_projections}",
         )
+        self._check_relatives()
+
+    def _check_relatives(self) -> None:
+        _check(self.model in MODELS, f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        _check(
+            self.penalty_on in PENALTY_TARGETS,
+            f"unknown penalty_on {self.penalty_on!r}; choose one of {', '.join(PENALTY_TARGETS)}",
+        )
+        if self.penalty_on == "reconstruction":
+            _check(
+                self.model in ("cae", "rcae"),
+                f"penalty_on 'reconstruction' is the rcae model; it cannot be combined with model {self.model!r}",
+            )
+            self.model = "rcae"
+        if self.model == "rcae":
+            self.penalty_on = "reconstruction"
+        if self.model in ("ae", "dae"):
+            self.lam = 0.0  # no Jacobian penalty: record what is actually trained
+        _check(self.noise in NOISES, f"unknown noise {self.noise!r}; choose one of {', '.join(NOISES)}")
+        _check(
+            isinstance(self.sigma, (int, float)) and math.isfinite(self.sigma) and self.sigma > 0,
+            f"sigma (noise std) must be a finite number > 0, got {self.sigma}",
+        )
+        _check(
+            isinstance(self.mask_prob, (int, float)) and 0 <= self.mask_prob < 1,
+            f"mask_prob must be in [0, 1), got {self.mask_prob}",
+        )
+        _check(
+            isinstance(self.gamma, (int, float)) and math.isfinite(self.gamma) and self.gamma >= 0,
+            f"gamma (γ) must be a finite number ≥ 0, got {self.gamma}",
+        )
+        _check(
+            isinstance(self.n_corruptions, int) and self.n_corruptions >= 1,
+            f"n_corruptions must be ≥ 1, got {self.n_corruptions}",
+        )
+        _check(
+            isinstance(self.layers, (list, tuple)) and all(isinstance(h, int) and h >= 1 for h in self.layers),
+            f"layers must be a list of hidden sizes ≥ 1, got {self.layers}",
+        )
+        self.layers = list(self.layers)
+        _check(
+            not (self.layers and self.penalty_method == "closed_form"),
+            "a stack's encoder has several layers, so penalty_method 'closed_form' cannot report its penalty; "
+            "use 'auto' (each layer is still trained with its closed form)",
+        )
+        _check(
+            not (self.layers and (self.encoder_layers or self.arch != "dense")),
+            "layers (a stack, trained one layer at a time) cannot be combined with encoder_layers or arch 'conv' "
+            "(one deep encoder trained jointly); choose one",
+        )
+        if self.layers:
+            self.hidden = self.layers[-1]  # the code size of a stack is its top layer
 
     def resolve_reconstruction(self, data_min: float, data_max: float) -> ModelConfig:
         """Return a copy with ``reconstruction`` fixed: BCE for [0, 1] data and a sigmoid decoder."""
@@ -188,7 +276,8 @@ class TrainConfig:
     """How to train: optimiser, batches, epochs, seed, validation and early stopping.
 
     ``patience = 0`` disables early stopping; otherwise training stops after ``patience`` epochs without a
-    lower validation loss and the best weights are restored.
+    lower validation loss and the best weights are restored. ``precision = "bf16"`` runs the forward pass
+    under bfloat16 autocast (the contractive penalty stays float32).
     """
 
     epochs: int = 50
@@ -200,8 +289,13 @@ class TrainConfig:
     seed: int = 0
     val_fraction: float = 0.1
     patience: int = 0
+    precision: str = "32"
 
     def __post_init__(self) -> None:
+        _check(
+            self.precision in PRECISIONS,
+            f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}",
+        )
         _check(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be ≥ 1, got {self.epochs}")
         _check(
             isinstance(self.batch_size, int) and self.batch_size >= 1,
