@@ -442,7 +442,10 @@ def _exact_chain(stages: list[Stage], x: Tensor) -> tuple[Tensor, Tensor]:
     first = weights[0]
     # Gram matrix of the smaller side, once per batch: ‖M W_1‖²_F = tr(M (W_1 W_1ᵀ) Mᵀ) costs H_1² per row
     # of M instead of H_1·D.
-    gram = first @ first.t() if reverse and first.shape[0] < first.shape[1] else None
+    gram = None
+    if reverse and first.shape[0] < first.shape[1]:
+        gram = first @ first.t()
+        gram = (gram + gram.t()) / 2  # exactly symmetric, as _GramTrace's backward assumes
     # Chunks of samples bound the size of the per-sample matrices (all that evaluation keeps in memory).
     chunk = max(1, EXACT_CHUNK_ELEMENTS // _chain_jacobian_elements(stages, x.shape[1]))
     pieces = []
@@ -465,8 +468,34 @@ def _chain_reverse(weights: list[Tensor], slopes: list[Tensor | None], gram: Ten
     if slopes[0] is not None:
         m = m * slopes[0].unsqueeze(1)
     if gram is not None:
-        return ((m @ gram) * m).sum(dim=(1, 2))
+        return _GramTrace.apply(m, gram)
     return (m @ weights[0]).pow(2).sum(dim=(1, 2))
+
+
+class _GramTrace(torch.autograd.Function):
+    """q_b = tr(M_b G M_bᵀ) for a symmetric G, with a backward that reuses M G.
+
+    Autograd would spend two matrix products on the backward of ``((M @ G) * M).sum()``; here
+    ∂q_b/∂M_b = 2 M_b G is already known from the forward pass and only ∂/∂G = Σ_b g_b M_bᵀ M_b costs one.
+    First-order only (the penalty's gradient is all that training needs).
+    """
+
+    @staticmethod
+    def forward(ctx, m: Tensor, gram: Tensor) -> Tensor:
+        mg = m @ gram
+        ctx.save_for_backward(m, mg)
+        return (mg * m).sum(dim=(1, 2))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        m, mg = ctx.saved_tensors
+        weight = grad.view(-1, 1, 1)
+        grad_m = 2 * weight * mg if ctx.needs_input_grad[0] else None
+        grad_gram = None
+        if ctx.needs_input_grad[1]:
+            grad_gram = (weight * m).flatten(0, 1).t() @ m.flatten(0, 1)
+        return grad_m, grad_gram
 
 
 def _chain_from_input(weights: list[Tensor], slopes: list[Tensor | None]) -> Tensor:
