@@ -209,6 +209,50 @@ def test_bad_deep_and_conv_options_are_one_line_errors(options, message, tmp_pat
     assert exit_info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err
 
 
+# --- with the relatives, stacks and resume ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["dae", "rcae", "caeh"])
+@pytest.mark.parametrize("arch", ["deep", "conv"])
+def test_relatives_train_deep_and_conv_encoders(kind, arch):
+    shape = {"encoder_layers": [12, 6]} if arch == "deep" else {"arch": "conv", "conv_channels": [3], "hidden": 6}
+    model = build(n_features=64, model=kind, lam=0.5, **shape).train()
+    terms = model.loss(torch.rand(4, 64, dtype=torch.float64))
+    terms["loss"].backward()
+    first = next(m for m in model.encoder if isinstance(m, (nn.Linear, nn.Conv2d)))
+    assert torch.isfinite(terms["loss"]) and first.weight.grad.abs().sum() > 0
+
+
+def test_random_start_baseline_reinitialises_convolutions_too():
+    from contractive.stacked import random_like
+
+    encoder = build(arch="conv", hidden=8).encoder
+    fresh = random_like(encoder, seed=0)
+    for old, new in zip(encoder, fresh, strict=True):
+        if isinstance(old, (nn.Linear, nn.Conv2d)):
+            assert not torch.equal(old.weight, new.weight)
+
+
+def test_a_stack_is_not_a_deep_or_conv_encoder():
+    for extra in ({"encoder_layers": [32, 16]}, {"arch": "conv"}):
+        with pytest.raises(ContractiveError, match="layers .* cannot be combined with encoder_layers or arch 'conv'"):
+            ModelConfig(n_features=784, layers=[32, 16], **extra)
+
+
+def test_resume_accepts_the_same_encoder_layers_and_refuses_others(tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            ["train", "--out", str(out), "--epochs", "1", "--limit", "200", "--encoder-layers", "16,8", "--no-progress"]
+        )
+    assert exit_info.value.code == 0
+    for layers, code in (("16,8", 0), ("16,9", 2)):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["train", "--resume", str(out), "--encoder-layers", layers, "--no-progress"])
+        assert exit_info.value.code == code
+    assert "--encoder-layers [16, 9] conflicts with the run being resumed" in capsys.readouterr().err
+
+
 # --- MNIST ------------------------------------------------------------------------------------------------
 
 
