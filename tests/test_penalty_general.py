@@ -56,6 +56,17 @@ def conv_encoder() -> nn.Sequential:
     ).double()  # fmt: skip
 
 
+def affine_conv_encoder() -> nn.Sequential:
+    """Convolutions, average pooling and reshapes only: the probes can ride along the forward pass."""
+    torch.manual_seed(14)
+    return nn.Sequential(
+        nn.Unflatten(1, (1, 8, 8)),
+        nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.Softplus(),
+        nn.AvgPool2d(2), nn.Conv2d(4, 6, 1), nn.Tanh(),
+        nn.Flatten(), nn.Linear(24, 5), nn.Sigmoid(),
+    ).double()  # fmt: skip
+
+
 def layernorm_encoder() -> nn.Sequential:
     torch.manual_seed(2)
     return nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Tanh(), nn.Linear(8, 4), nn.LayerNorm(4)).double()
@@ -217,10 +228,11 @@ def test_function_that_ignores_its_input_has_zero_penalty():
 
 PROJECTION_CASES = [
     (mixed_mlp, 9, "auto", "chain-jvp"),
-    (conv_encoder, 64, "auto", "jvp"),
+    (affine_conv_encoder, 64, "auto", "chain-jvp"),
+    (conv_encoder, 64, "auto", "jvp"),  # max pooling is not affine: torch.func.jvp
     (conv_encoder, 64, "reverse", "vjp"),
 ]
-PROJECTION_IDS = ["mlp-chain-jvp", "conv-jvp", "conv-vjp"]
+PROJECTION_IDS = ["mlp-chain-jvp", "conv-chain-jvp", "conv-jvp", "conv-vjp"]
 
 
 @pytest.mark.parametrize("make, n_in, mode, strategy", PROJECTION_CASES, ids=PROJECTION_IDS)
@@ -279,6 +291,13 @@ def test_projection_gradient_is_unbiased(make, n_in, mode, strategy):
     z = (mean - exact).abs() / standard_error.clamp_min(1e-12)
     assert z.max() < 4.5, z.max()
     assert (mean - exact).norm() < 0.1 * exact.norm()
+
+
+def test_reverse_mode_is_honoured_for_chains_too():
+    x = torch.rand(2, 9, dtype=torch.float64)
+    assert choose_method(mixed_mlp(), x, method="projection", mode="reverse").strategy == "vjp"
+    x = torch.rand(2, 64, dtype=torch.float64)
+    assert choose_method(affine_conv_encoder(), x, method="projection").strategy == "chain-jvp"
 
 
 def test_projection_is_reproducible_with_a_generator_and_trains():

@@ -35,8 +35,9 @@ projection
     (reverse mode, ``mode="reverse"``). Forward mode costs about one extra forward pass and its gradient
     one extra ordinary backward pass, whereas reverse mode costs a backward pass and its gradient a
     double backward, so ``mode="auto"`` uses forward mode unless the encoder has an operation without a
-    forward-mode derivative (e.g. ``grid_sample``). For chains of Linear + elementwise layers the probes
-    ride along the forward pass as extra rows of the same matrix products.
+    forward-mode derivative (e.g. ``grid_sample``). For chains of affine layers (Linear, Conv),
+    elementwise activations, reshapes and average pooling (``chain-jvp``: MLPs, the default conv encoder)
+    the probes ride along the forward pass as extra rows of the same batch.
 auto
     Closed form where it applies; exact where it is affordable; projection otherwise. "Affordable" means
     the exact method costs at most :data:`AUTO_EXACT_MAX_COST` forward passes when gradients are needed
@@ -100,7 +101,8 @@ class PenaltyPlan:
         The method ("auto" resolved).
     strategy : str
         How: ``closed_form``; ``chain`` (structured exact for Linear + elementwise chains), ``jacrev`` or
-        ``jacfwd`` (vmapped torch.func exact); ``chain-jvp``, ``jvp`` or ``vjp`` (projection).
+        ``jacfwd`` (vmapped torch.func exact); ``chain-jvp`` (probes as extra rows of a chain of affine
+        layers and activations), ``jvp`` or ``vjp`` (torch.func; projection).
     reason : str
         Why this was chosen, in words.
     """
@@ -193,7 +195,7 @@ def encode_with_penalty(
     if plan.strategy == "chain":
         return _exact_chain(_chain_stages(encoder), x)
     if plan.strategy == "chain-jvp":
-        return _projection_chain(_chain_stages(encoder), x, n_projections, generator, probe)
+        return _projection_affine(_affine_ops(encoder), x, n_projections, generator, probe)
     # torch.func strategies: check once per encoder that the penalty's own gradient can be taken.
     _check_differentiable_twice(encoder, x, plan.strategy, probe)
     return _run_generic(encoder, x, plan.strategy, n_projections, generator, probe)
@@ -245,6 +247,11 @@ def choose_method(
     _reject_batch_statistics(encoder)
 
     stages = _chain_stages(encoder) if x.dim() == 2 else None
+    structured = mode != "reverse" and _affine_ops(encoder) is not None
+
+    def projection_strategy() -> str:
+        return "chain-jvp" if structured else _projection_strategy(encoder, x, mode)
+
     needs_grad = _needs_grad(encoder, x)
     budget = AUTO_EXACT_MAX_COST if needs_grad else AUTO_EXACT_MAX_COST_NO_GRAD
     when = "with gradients" if needs_grad else "without gradients"
@@ -260,7 +267,7 @@ def choose_method(
         if method == "exact":
             return PenaltyPlan("exact", "chain", "requested; Linear + elementwise chain")
         if method == "projection":
-            return PenaltyPlan("projection", "chain-jvp", f"requested with {n_projections} probe(s)")
+            return PenaltyPlan("projection", projection_strategy(), f"requested with {n_projections} probe(s)")
         ratio = exact_cost / forward_cost
         elements = batch * _chain_jacobian_elements(stages, in_features)
         if ratio <= budget and (elements <= AUTO_MAX_JACOBIAN_ELEMENTS or not needs_grad):
@@ -271,7 +278,7 @@ def choose_method(
             )
         return PenaltyPlan(
             "projection",
-            "chain-jvp",
+            projection_strategy(),
             f"Linear + elementwise chain; exact would cost ≈{ratio:.3g} forward passes (> {budget} {when}) "
             f"or {elements} Jacobian entries; {n_projections} probe(s) instead",
         )
@@ -282,9 +289,7 @@ def choose_method(
     if method == "exact":
         return PenaltyPlan("exact", exact_strategy, f"requested; {out_size} outputs, {in_size} inputs per sample")
     if method == "projection":
-        return PenaltyPlan(
-            "projection", _projection_strategy(encoder, x, mode), f"requested with {n_projections} probe(s)"
-        )
+        return PenaltyPlan("projection", projection_strategy(), f"requested with {n_projections} probe(s)")
     ratio = min(in_size, out_size)
     elements = x.shape[0] * in_size * out_size
     if ratio <= budget and (elements <= AUTO_MAX_JACOBIAN_ELEMENTS or not needs_grad):
@@ -295,7 +300,7 @@ def choose_method(
         )
     return PenaltyPlan(
         "projection",
-        _projection_strategy(encoder, x, mode),
+        projection_strategy(),
         f"general encoder, {out_size} outputs × {in_size} inputs; exact would cost ≈{ratio} passes "
         f"(> {budget} {when}) or {elements} Jacobian entries; {n_projections} probe(s) instead",
     )
@@ -354,13 +359,19 @@ def _plain(module: nn.Module, base: type) -> bool:
     )
 
 
+def _global_hooks_active() -> bool:
+    """Module hooks registered for every module would be skipped by the structured paths."""
+    module = torch.nn.modules.module
+    return bool(getattr(module, "_global_forward_hooks", None) or getattr(module, "_global_forward_pre_hooks", None))
+
+
 def _chain_stages(encoder) -> list[Stage] | None:
     """The encoder as Linear + elementwise stages, or ``None`` if it is anything else.
 
     Accepts ``nn.Linear`` and (nested) ``nn.Sequential``s of ``nn.Linear`` and the elementwise activations
     of :data:`contractive.activations.ELEMENTWISE_MODULES`, starting with a Linear.
     """
-    if not isinstance(encoder, nn.Module) or torch.nn.modules.module._global_forward_hooks:
+    if not isinstance(encoder, nn.Module) or _global_hooks_active():
         return None
     flat: list[nn.Module] = []
 
@@ -524,25 +535,70 @@ def _draw_probes(shape: tuple[int, ...], like: Tensor, generator: torch.Generato
     return values.to(like.device)
 
 
-def _projection_chain(
-    stages: list[Stage], x: Tensor, k: int, generator: torch.Generator | None, probe: str
+# Modules that act on each sample linearly (the tangent goes through them unchanged) or as a reshape.
+_LINEAR_PER_SAMPLE = (nn.Identity, nn.Flatten, nn.Unflatten, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+_CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _affine_ops(encoder) -> list[nn.Module] | None:
+    """The encoder as a flat list of affine layers (Linear, Conv), elementwise activations and per-sample
+    linear maps (Flatten, Unflatten, average pooling), or ``None`` if it contains anything else."""
+    if not isinstance(encoder, nn.Module) or _global_hooks_active():
+        return None
+    flat: list[nn.Module] = []
+
+    def visit(module: nn.Module) -> bool:
+        if isinstance(module, nn.Sequential):
+            return _plain(module, nn.Sequential) and all(visit(child) for child in module)
+        flat.append(module)
+        return True
+
+    if not visit(encoder):
+        return None
+    for module in flat:
+        kind = type(module)
+        if not _plain(module, kind):
+            return None
+        if kind in _CONVOLUTIONS and module.padding_mode != "zeros":
+            return None
+        if kind is nn.Flatten and module.start_dim == 0 or kind is nn.Unflatten and module.dim == 0:
+            return None  # would mix the batch dimension
+        if kind not in (nn.Linear, *_CONVOLUTIONS, *_LINEAR_PER_SAMPLE) and kind not in ELEMENTWISE_MODULES:
+            return None
+    return flat
+
+
+def _projection_affine(
+    ops: list[nn.Module], x: Tensor, k: int, generator: torch.Generator | None, probe: str
 ) -> tuple[Tensor, Tensor]:
-    """Forward-mode projection: tangents t = J v computed as extra rows of each layer's matrix product."""
+    """Forward-mode projection along a chain of affine layers and elementwise activations.
+
+    The k probes per sample ride along the forward pass as extra rows of the same batch: each Linear or
+    Conv layer is applied once to [x; v] without its bias (added to the primal rows only), each
+    activation multiplies the tangent rows by its slope, so t = J v costs one pass over a (1 + k)·B batch.
+    """
     batch = x.shape[0]
-    tangent = _draw_probes((k * batch, x.shape[1]), x, generator, probe)
     h = x
-    for linear, activations in stages:
-        both = torch.nn.functional.linear(torch.cat([h, tangent]), linear.weight)
-        z, tangent = both[:batch], both[batch:]
-        if linear.bias is not None:
-            z = z + linear.bias
-        for activation in activations:
-            out = activation(z)
-            slope = elementwise_derivative(activation, z, out)
-            tangent = (tangent.view(k, batch, -1) * slope).view(k * batch, -1)
-            z = out
-        h = z
-    return h, tangent.view(k, batch, -1).pow(2).sum(dim=2).mean(dim=0)
+    tangent = _draw_probes((k * batch, *x.shape[1:]), x, generator, probe)
+    for op in ops:
+        if isinstance(op, (nn.Linear, *_CONVOLUTIONS)):
+            both = torch.cat([h, tangent])
+            if isinstance(op, nn.Linear):
+                both, bias_shape = torch.nn.functional.linear(both, op.weight), (-1,)
+            else:
+                both, bias_shape = op._conv_forward(both, op.weight, None), (-1, *([1] * (both.dim() - 2)))
+            h, tangent = both[:batch], both[batch:]
+            if op.bias is not None:
+                h = h + op.bias.view(bias_shape)
+        elif type(op) in ELEMENTWISE_MODULES:
+            out = op(h)
+            slope = elementwise_derivative(op, h, out)
+            tangent = (tangent.view(k, *h.shape) * slope).view(k * batch, *h.shape[1:])
+            h = out
+        else:
+            both = op(torch.cat([h, tangent]))
+            h, tangent = both[:batch], both[batch:]
+    return h, tangent.reshape(k, batch, -1).pow(2).sum(dim=2).mean(dim=0)
 
 
 # ----------------------------------------------------------------------------------------------------------
