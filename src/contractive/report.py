@@ -20,7 +20,7 @@ import torch
 
 from . import checkpoint, plots
 from .checkpoint import Run, load_run
-from .diagnostics import DEFAULT_EPS, DEFAULT_FRACTION, DEFAULT_RADII, Diagnostics, diagnose, tangents
+from .diagnostics import DEFAULT_EPS, DEFAULT_FRACTION, DEFAULT_RADII, Diagnostics, average_spectrum, diagnose, tangents
 from .errors import ContractiveError
 
 INDEX = "index.html"
@@ -156,7 +156,7 @@ def _overlay_figures(entries: list[_Entry], figure_dir: Path, fraction: float, e
         return {}
     figures = {
         "Jacobian spectrum": plots.spectrum(
-            {e.label: e.diagnostics.spectra.mean(axis=0) for e in measured},
+            {e.label: average_spectrum(e.diagnostics.spectra) for e in measured},
             figure_dir / "spectrum.png",
             fraction=fraction,
         ),
