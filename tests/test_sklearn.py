@@ -151,7 +151,7 @@ def test_fit_then_partial_fit_equals_one_longer_fit(digits):
 def test_partial_fit_on_batches_learns_like_fit(digits):
     """In the style of scikit-learn's test_rbm.py: seven passes of partial_fit over mini-batches reach the
     score of fit with seven epochs, and the input is not modified."""
-    X = digits.X[:600].astype(np.float64)
+    X = digits.X[:400].astype(np.float64)
     X_copy = X.copy()
     fitted = CAE(n_components=32, max_iter=7, batch_size=50, random_state=9).fit(X)
     streamed = CAE(n_components=32, batch_size=50, random_state=9)
@@ -218,16 +218,16 @@ def test_pandas_in_and_out(digits):
 
 
 def test_pipeline_grid_search_with_one_and_two_jobs(digits):
-    X, y = digits.X[:300].astype(np.float64), digits.y[:300]
+    X, y = digits.X[:240].astype(np.float64), digits.y[:240]
     pipe = Pipeline(
-        [("scale", MinMaxScaler()), ("cae", small(max_iter=10)), ("classify", LogisticRegression(max_iter=500))]
+        [("scale", MinMaxScaler()), ("cae", small(max_iter=6)), ("classify", LogisticRegression(max_iter=500))]
     )
     grid = {"cae__lam": [0.0, 0.3], "cae__n_components": [16, 32]}
     results = {}
     for n_jobs in (1, 2):
         search = GridSearchCV(clone(pipe), grid, cv=2, n_jobs=n_jobs).fit(X, y)
         results[n_jobs] = search
-        assert search.best_score_ > 0.7  # 150 training images per fold
+        assert search.best_score_ > 0.6  # 120 training images per fold; chance is 0.1
     np.testing.assert_array_equal(results[1].cv_results_["mean_test_score"], results[2].cv_results_["mean_test_score"])
     best = results[2].best_estimator_.named_steps["cae"]
     assert (best.lam, best.n_components) == (
