@@ -330,8 +330,31 @@ def closed_form(linear: nn.Linear, activation: nn.Module, x: Tensor) -> tuple[Te
     h = activation(z)
     slope = elementwise_derivative(activation, z, h)
     # Σ_i W_ji² once per step (H·D work), then a (B,H)·(H,) product: no (B,H,D) tensor is formed.
-    row_norms_sq = linear.weight.pow(2).sum(dim=1)
-    return h, slope.pow(2) @ row_norms_sq
+    return h, slope.pow(2) @ row_norms_sq(linear.weight)
+
+
+class _RowNormsSq(torch.autograd.Function):
+    """Σ_i W_ji² per row, with a one-pass backward 2·W·g.
+
+    ``W.pow(2).sum(1)`` is correct too, but autograd's backward for it makes three passes over the (H, D)
+    weight (expand, pow, two multiplies); on a 784→1000 layer that alone made a CAE step ~20% slower than a
+    plain AE step. The backward is written with differentiable ops, so double backward still works.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: Tensor) -> Tensor:
+        ctx.save_for_backward(weight)
+        return torch.linalg.vector_norm(weight, dim=1).square()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (weight,) = ctx.saved_tensors
+        return weight * (2 * grad).unsqueeze(1)
+
+
+def row_norms_sq(weight: Tensor) -> Tensor:
+    """Squared Euclidean norm of each row of ``weight`` (shape (H, D) → (H,)), differentiable twice."""
+    return _RowNormsSq.apply(weight)
 
 
 # ----------------------------------------------------------------------------------------------------------
