@@ -344,7 +344,7 @@ class _RowNormsSq(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight: Tensor) -> Tensor:
         ctx.save_for_backward(weight)
-        return torch.linalg.vector_norm(weight, dim=1).square()
+        return (weight * weight).sum(dim=1)  # not vector_norm().square(): that rounds through a sqrt
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
