@@ -90,10 +90,13 @@ def evaluate(
     totals: dict[str, Tensor] = {}
     for start in range(0, mine.numel(), batch_size):
         xb = reader(mine[start : start + batch_size])
-        terms = {k: v.double() * xb.shape[0] for k, v in model.loss(xb).items()}
-        h, penalty = encode_with_penalty(model.encoder, xb, method=model.config.penalty_method)
-        terms["reconstruction_error"] = (model.decode(h) - xb).pow(2).sum(dim=1).sum().double()
-        terms["jacobian_norm"] = penalty.clamp_min(0).sqrt().sum().double()
+        terms = model.loss(xb)
+        if "jacobian_norm" not in terms:  # models whose eval-mode loss does not report it already
+            # "auto" under no_grad is exact wherever affordable: the metric carries no projection noise.
+            _, penalty = encode_with_penalty(model.encoder, xb, method="auto", n_projections=model.config.n_projections)
+            terms["jacobian_norm"] = penalty.clamp_min(0).sqrt().mean()
+        terms = {k: v.double() * xb.shape[0] for k, v in terms.items()}
+        terms["reconstruction_error"] = (model(xb) - xb).pow(2).sum(dim=1).sum().double()
         for key, value in terms.items():
             totals[key] = totals.get(key, 0.0) + value * weight
     model.train(was_training)
