@@ -135,6 +135,8 @@ def fit(
     device: str | torch.device | None = "auto",
     context: Context | None = None,
     resume: bool = False,
+    optimizer: torch.optim.Optimizer | None = None,
+    generator: torch.Generator | None = None,
 ) -> FitResult:
     """Train ``model`` in place.
 
@@ -163,6 +165,12 @@ def fit(
         DistributedDataParallel, and rank 0 alone writes files.
     resume : bool
         Continue from the newest checkpoint in ``run_dir`` (weights, optimizer, RNG states, history).
+    optimizer : torch.optim.Optimizer, optional
+        Continue with this optimizer (and its moment estimates) instead of a fresh one from ``config``:
+        incremental training such as the estimator's ``partial_fit``.
+    generator : torch.Generator, optional
+        Source of the shuffling order (default: a new one seeded with ``config.seed``). Passing the same
+        generator to k one-epoch calls shuffles exactly as one k-epoch call.
 
     Returns
     -------
@@ -184,8 +192,8 @@ def fit(
     if len(reader) == 0:
         raise ContractiveError("no training data")
     model.to(context.device)
-    optimizer = make_optimizer(model, config)
-    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = optimizer if optimizer is not None else make_optimizer(model, config)
+    generator = generator if generator is not None else torch.Generator().manual_seed(config.seed)
     result = FitResult()
     loop = _LoopState(patience_left=config.patience)
     if resume:
