@@ -24,6 +24,15 @@ def mnist_dir() -> Path:
     return MNIST_DIR
 
 
+@pytest.fixture
+def one_thread():
+    """For tests of tiny models: a second thread only adds synchronisation, which dominates on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run ``python -m contractive ARGS`` in a subprocess, as a user would."""
     return subprocess.run(

@@ -15,14 +15,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from contractive import ContractiveError, jacobian_frobenius_sq
 from contractive.penalty import choose_method, encode_with_penalty
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # These tensors are tiny: one thread is as fast, and far faster when other processes share the CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one thread is as fast, and far faster when other processes share the CPU.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def brute_force(encoder, x: torch.Tensor) -> torch.Tensor:
