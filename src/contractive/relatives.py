@@ -189,7 +189,118 @@ def reconstruction_jacobian_sq(
     n_projections: int = 1,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Per-sample ‖J_r(x)‖²_F for the whole reconstruction r = g∘f, shape (batch,)."""
+    """Per-sample ‖J_r(x)‖²_F for the whole reconstruction r = g∘f, shape (batch,).
+
+    Parameters
+    ----------
+    autoencoder : nn.Module
+        Has ``encode`` and ``decode``. The closed form applies to a single-layer
+        :class:`~contractive.models.Autoencoder` (Linear + elementwise encoder, untied ``nn.Linear`` or tied
+        decoder, sigmoid or linear output).
+    x : Tensor, shape (batch, n_features)
+    method : str
+        ``"auto"`` uses the closed form below for a single-layer autoencoder and the general methods of
+        :func:`contractive.penalty.jacobian_frobenius_sq` (applied to :class:`ReconstructionFunction`)
+        otherwise; ``"closed_form"`` insists on the closed form; other values go to the general path.
+
+    Notes
+    -----
+    Closed form. With h = φ(Wx + b) and r = ψ(Vh + c) (V = Wᵀ when tied), J_r = diag(d) V diag(s) W where
+    s = φ'(Wx + b) ∈ R^H and d = ψ'(Vh + c) ∈ R^D, so
+
+        ‖J_r‖²_F = Σ_{k,l} s_k s_l (W Wᵀ)_{kl} (Vᵀ diag(d²) V)_{kl}.
+
+    The per-sample matrix Vᵀ diag(d²) V is (H, H), built in O(B·D·H²); J_r itself, (B, D, D), is never
+    formed. For a linear decoder d = 1 and that matrix is shared by the whole batch.
+    """
+    parts = _single_layer_parts(autoencoder)
+    if method == "closed_form" and parts is None:
+        raise ContractiveError(
+            "the closed-form ‖J_r‖²_F needs a single-layer autoencoder (Linear + elementwise activation, "
+            "a linear or tied decoder, sigmoid or linear output)"
+        )
+    if parts is not None and method in ("auto", "closed_form"):
+        linear, activation, decoder_weight, decoder_output = parts
+        z = linear(x)
+        h = activation(z)
+        s = elementwise_derivative(activation, z, h)  # (B, H)
+        gram_encoder = linear.weight @ linear.weight.t()  # (H, H) = W Wᵀ
+        if decoder_output == "linear":
+            decoder_gram = (decoder_weight.t() @ decoder_weight).unsqueeze(0)  # (1, H, H)
+        else:
+            r = autoencoder.decode(h)
+            d_sq = (r * (1 - r)).pow(2)  # ψ' of the sigmoid output, squared: (B, D)
+            decoder_gram = torch.einsum("bi,ik,il->bkl", d_sq, decoder_weight, decoder_weight)
+        return torch.einsum("bk,bkl,bl->b", s, decoder_gram * gram_encoder, s)
+    general = "auto" if method == "closed_form" else method
     return jacobian_frobenius_sq(
-        ReconstructionFunction(autoencoder), x, method=method, n_projections=n_projections, generator=generator
+        ReconstructionFunction(autoencoder), x, method=general, n_projections=n_projections, generator=generator
     )
+
+
+@torch.no_grad()
+def denoising_excess(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    sigma: float,
+    n_draws: int = 1000,
+    chunk: int = 250,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Monte Carlo estimate of (E_ε‖x − r(x + ε)‖² − ‖x − r(x)‖²) / σ², ε ~ N(0, σ²I), per sample.
+
+    As σ → 0 this tends to ‖J_r(x)‖²_F − Σ_i e_i Δr_i(x) with e = x − r(x) (second-order Taylor
+    expansion; the Laplacian term vanishes where r reconstructs x, which is the DAE↔RCAE link of Alain &
+    Bengio). Draws come in antithetic pairs ±ε: the pair mean is an unbiased estimate of the same
+    expectation in which the first-order term −2σ eᵀJε cancels exactly; without that its variance,
+    O(1/σ²) after dividing by σ², would swamp the estimate at small σ. Use float64 models for small σ,
+    where the difference of nearly equal losses would otherwise lose its digits.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Reconstruction function r: (batch, D) → (batch, D) in data space (an autoencoder's forward).
+    x : Tensor, shape (batch, D)
+    sigma : float
+    n_draws : int
+        Number of antithetic pairs per sample.
+    chunk : int
+        Pairs evaluated at once (bounds memory at 2·chunk·batch·D).
+
+    Returns
+    -------
+    Tensor, shape (batch,)
+    """
+    clean = (x - model(x)).pow(2).sum(dim=1)  # (B,)
+    total = torch.zeros_like(clean)
+    done = 0
+    while done < n_draws:
+        k = min(chunk, n_draws - done)
+        eps = sigma * torch.randn((k, *x.shape), generator=generator, dtype=x.dtype).to(x.device)
+        noisy = torch.cat([x + eps, x - eps]).reshape(-1, x.shape[-1])
+        losses = (x.repeat(2 * k, 1) - model(noisy)).pow(2).sum(dim=1).reshape(2, k, -1)
+        total += (losses.mean(dim=0) - clean).sum(dim=0)
+        done += k
+    return total / n_draws / sigma**2
+
+
+def _single_layer_parts(autoencoder: nn.Module):
+    """(encoder linear, activation, decoder weight V of shape (D, H), output "sigmoid"/"linear") or None."""
+    encoder = getattr(autoencoder, "encoder", None)
+    config = getattr(autoencoder, "config", None)
+    parts = linear_elementwise_parts(encoder) if isinstance(encoder, nn.Module) else None
+    if (
+        parts is None
+        or getattr(config, "layers", None)
+        or getattr(config, "decoder", None) not in ("sigmoid", "linear")
+    ):
+        return None
+    decoder = getattr(autoencoder, "decoder", None)
+    if isinstance(decoder, nn.Linear):
+        weight = decoder.weight
+    elif hasattr(decoder, "_tied_to"):
+        weight = decoder._tied_to[0].weight.t()  # the tied decoder computes Wᵀh + c from the live W
+    else:
+        return None
+    return parts[0], parts[1], weight, config.decoder

@@ -179,9 +179,16 @@ def random_like(encoder: nn.Sequential, *, seed: int) -> nn.Sequential:
     return fresh
 
 
+def code_size(encoder: nn.Module) -> int:
+    """Width of the encoder's output: the ``out_features`` of its last ``nn.Linear``."""
+    linears = [m for m in encoder.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ContractiveError(f"cannot tell the code size of {type(encoder).__name__}: it has no nn.Linear")
+    return linears[-1].out_features
+
+
 def finetune(
     encoder: nn.Module,
-    code_size: int,
     X_train: np.ndarray,
     y_train: np.ndarray,
     X_test: np.ndarray,
@@ -196,7 +203,7 @@ def finetune(
     y_train, y_test = np.asarray(y_train, dtype=np.int64), np.asarray(y_test, dtype=np.int64)
     n_classes = int(max(y_train.max(), y_test.max())) + 1
     seed_everything(config.seed)
-    model = Classifier(encoder, code_size, n_classes)
+    model = Classifier(encoder, code_size(encoder), n_classes)
     nn.init.zeros_(model.head.weight)  # same head start for every encoder: only the encoder differs
     nn.init.zeros_(model.head.bias)
     X, y = as_tensor(X_train), torch.as_tensor(y_train)
@@ -233,7 +240,6 @@ def error_rate(model: nn.Module, X: np.ndarray, y: np.ndarray, *, batch_size: in
 
 def compare_finetuning(
     encoder: nn.Sequential,
-    code_size: int,
     X_train: np.ndarray,
     y_train: np.ndarray,
     X_test: np.ndarray,
@@ -247,8 +253,6 @@ def compare_finetuning(
     import copy
 
     return {
-        "pretrained": finetune(copy.deepcopy(encoder), code_size, X_train, y_train, X_test, y_test, config),
-        "random_init": finetune(
-            random_like(encoder, seed=config.seed), code_size, X_train, y_train, X_test, y_test, config
-        ),
+        "pretrained": finetune(copy.deepcopy(encoder), X_train, y_train, X_test, y_test, config),
+        "random_init": finetune(random_like(encoder, seed=config.seed), X_train, y_train, X_test, y_test, config),
     }
