@@ -243,3 +243,19 @@ def test_denoising_excess_over_sigma_squared_tends_to_the_second_order_limit(dig
     # well under 1% here; the O(σ²) remainder at σ = 0.01 is ~1e-4 relative.
     assert abs(float(small / limit) - 1) < 0.02, (float(small), float(limit))
     assert abs(float(small / limit) - 1) < abs(float(large / limit) - 1)  # the gap shrinks as σ → 0
+
+
+def test_caeh_flattens_the_jacobian_around_held_out_samples_more_than_a_cae_with_the_same_lam():
+    X = torch.as_tensor(load_dataset("digits").X)
+    X_train, X_test = X[:600], X[-300:]
+    common = {"n_features": 64, "hidden": 32, "lam": 0.1, "reconstruction": "bce"}
+    train = TrainConfig(epochs=6, batch_size=64, lr=1e-2)
+    changes = {}
+    for kind in ("cae", "caeh"):
+        torch.manual_seed(0)  # same initial weights
+        model = Autoencoder(ModelConfig(**common, model=kind, gamma=5.0, sigma=0.3, n_corruptions=4))
+        fit(model, X_train, None, train, progress=False)
+        with torch.no_grad():
+            copies = relatives.gaussian_copies(X_test, 5, 0.3, generator=torch.Generator().manual_seed(9))
+            changes[kind] = float(relatives.jacobian_difference_sq(model.eval().encoder, X_test, copies).sqrt().mean())
+    assert changes["caeh"] < 0.9 * changes["cae"], changes

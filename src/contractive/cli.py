@@ -70,7 +70,7 @@ def app() -> None:
 @click.option("--noise", default="gaussian", help="DAE corruption: gaussian or masking.")
 @click.option("--sigma", type=float, default=0.1, help="Std of Gaussian corruption (dae, caeh).")
 @click.option("--mask-prob", type=float, default=0.25, help="Probability of zeroing a feature (dae, masking).")
-@click.option("--gamma", type=float, default=0.1, help="Weight γ of the CAE+H term.")
+@click.option("--gamma", type=float, default=1.0, help="Weight γ of the CAE+H term.")
 @click.option("--n-corruptions", type=int, default=4, help="Corrupted copies per sample for CAE+H.")
 @click.option(
     "--layers", default=None, help="Stacked AE: hidden sizes bottom to top, e.g. 256,128 (greedy pretraining)."

@@ -98,7 +98,7 @@ class ModelConfig:
     noise: str = "gaussian"
     sigma: float = 0.1
     mask_prob: float = 0.25
-    gamma: float = 0.1
+    gamma: float = 1.0
     n_corruptions: int = 4
     layers: list[int] = dataclasses.field(default_factory=list)
 
