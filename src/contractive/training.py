@@ -179,7 +179,7 @@ def _train_one_epoch(
         loss = terms["loss"]
         if not torch.isfinite(loss):
             raise ContractiveError(
-                f"training diverged at epoch {epoch}, step {step}: loss is {float(loss)}; lower the learning rate or λ"
+                f"training diverged at epoch {epoch}, step {step}: loss is {loss.item()}; lower the learning rate or λ"
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

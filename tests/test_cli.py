@@ -1,0 +1,175 @@
+"""The command line as a user meets it: a full run on real data, encode/info, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file, save_file
+
+from contractive.cli import main
+
+
+def invoke(capsys, *args: str) -> tuple[int, str, str]:
+    """Run the CLI in-process; return (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "cae"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--data", "digits", "--out", str(run_dir), "--epochs", "3", "--hidden", "16", "--no-progress"])
+    assert exit_info.value.code == 0
+    return run_dir
+
+
+def test_train_writes_a_complete_run_directory(trained_run):
+    names = {p.name for p in trained_run.iterdir()}
+    assert {"model.safetensors", "config.json", "metrics.jsonl", "metrics.json"} <= names
+    assert {"learning_curves.png", "filters.png", "reconstructions.png"} <= names
+    config = json.loads((trained_run / "config.json").read_text())
+    assert config["model"]["hidden"] == 16 and config["model"]["reconstruction"] == "bce"
+    assert config["training"]["epochs"] == 3 and config["data"]["name"] == "digits"
+    assert config["contractive_version"]
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["val_reconstruction_error"] > 0 and metrics["val_jacobian_norm"] > 0
+    rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+
+
+def test_encode_and_info(trained_run, tmp_path, capsys):
+    code, out, _ = invoke(capsys, "encode", str(trained_run), "--data", "digits", "--output", str(tmp_path / "f.npy"))
+    assert code == 0 and "(1797, 16)" in out
+    codes = np.load(tmp_path / "f.npy")
+    assert codes.shape == (1797, 16) and ((codes > 0) & (codes < 1)).all()
+    code, out, _ = invoke(capsys, "info", str(trained_run))
+    assert code == 0 and json.loads(out)["config"]["model"]["hidden"] == 16
+
+
+def test_refuses_to_overwrite_a_run(trained_run, capsys):
+    before = (trained_run / "model.safetensors").read_bytes()
+    code, _, err = invoke(capsys, "train", "--out", str(trained_run), "--epochs", "1", "--no-progress")
+    assert code == 2 and "not empty" in err and "--force" in err
+    assert (trained_run / "model.safetensors").read_bytes() == before
+
+
+def bad_inputs(tmp_path):
+    nan = tmp_path / "nan.npy"
+    np.save(nan, np.array([[0.0, np.nan], [1.0, 0.5]]))
+    flat = tmp_path / "flat.npy"
+    np.save(flat, np.zeros(10))
+    empty = tmp_path / "empty.npy"
+    np.save(empty, np.zeros((0, 3)))
+    idx = tmp_path / "idx"
+    idx.mkdir()
+    (idx / "t10k-images-idx3-ubyte").write_bytes(bytes([0, 0, 8, 3, 0, 0, 0, 9, 0, 0, 0, 2, 0, 0, 0, 2]) + bytes(7))
+    return {
+        "nan": (["--data", str(nan)], "NaN or infinite"),
+        "dimensions": (["--data", str(flat)], "got shape (10,)"),
+        "empty": (["--data", str(empty)], "no data"),
+        "missing": (["--data", str(tmp_path / "missing")], "does not exist"),
+        "truncated idx": (["--data", str(idx)], "truncated"),
+        "negative lam": (["--lam", "-1"], "lam"),
+        "hidden 0": (["--hidden", "0"], "hidden size must be ≥ 1"),
+        "activation": (["--activation", "swish"], "unknown activation 'swish'"),
+        "not a number": (["--epochs", "many"], "'many' is not a valid integer"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "nan",
+        "dimensions",
+        "empty",
+        "missing",
+        "truncated idx",
+        "negative lam",
+        "hidden 0",
+        "activation",
+        "not a number",
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(case, tmp_path, capsys):
+    args, message = bad_inputs(tmp_path)[case]
+    out_dir = tmp_path / "run"
+    code, _, err = invoke(capsys, "train", "--out", str(out_dir), "--epochs", "1", "--no-progress", *args)
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+    assert "Traceback" not in err
+
+
+def test_checkpoint_that_does_not_match_config(trained_run, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("config.json", "metrics.json"):
+        (broken / name).write_bytes((trained_run / name).read_bytes())
+    tensors = load_file(str(trained_run / "model.safetensors"))
+    tensors["encoder.0.weight"] = tensors["encoder.0.weight"][:8]
+    save_file(tensors, str(broken / "model.safetensors"))
+    code, _, err = invoke(capsys, "info", str(broken))
+    assert code == 2 and "encoder.0.weight has shape (8, 64), config implies (16, 64)" in err
+
+
+def test_corrupt_checkpoint_and_missing_run(trained_run, tmp_path, capsys):
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "config.json").write_bytes((trained_run / "config.json").read_bytes())
+    (corrupt / "model.safetensors").write_bytes(b"\x00" * 10)
+    code, _, err = invoke(capsys, "encode", str(corrupt), "--output", str(tmp_path / "x.npy"))
+    assert code == 2 and err.startswith("error: cannot read") and err.count("\n") == 1
+    assert not (tmp_path / "x.npy").exists()
+    code, _, err = invoke(capsys, "info", str(tmp_path / "nowhere"))
+    assert code == 2 and "does not exist" in err
+
+
+def test_encode_rejects_data_of_the_wrong_width(trained_run, tmp_path, capsys):
+    np.save(tmp_path / "wide.npy", np.zeros((3, 65)))
+    code, _, err = invoke(capsys, "encode", str(trained_run), "--data", str(tmp_path / "wide.npy"))
+    assert code == 2 and "has 65 features but the model expects 64" in err
+
+
+def test_entry_point_runs_as_a_program(cli, tmp_path):
+    result = cli("train", "--help")
+    assert result.returncode == 0 and "--lam" in result.stdout
+    result = cli("train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r"))
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+def test_mnist_end_to_end(mnist_dir, tmp_path, capsys):
+    out = tmp_path / "mnist"
+    code, stdout, _ = invoke(
+        capsys, "train", "--data", str(mnist_dir), "--out", str(out), "--limit", "1000", "--epochs", "2",
+        "--hidden", "32", "--no-progress",
+    )  # fmt: skip
+    assert code == 0 and "reconstruction error" in stdout
+    assert json.loads((out / "config.json").read_text())["data"]["image_shape"] == [28, 28]
+
+
+def test_ctrl_c_exits_130_and_keeps_a_loadable_checkpoint(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from contractive import load_run
+
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "contractive", "train", "--out", str(out), "--epochs", "100000", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.jsonl").is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted after" in err and "Traceback" not in err
+    run = load_run(out)
+    assert len(run.history) >= 1 and run.model.config.hidden == 64
