@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig
 from .errors import ContractiveError
-from .models import Autoencoder
+from .models import Autoencoder, build_model
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -120,7 +120,7 @@ def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu") -> Run:
     config = read_json(path / CONFIG)
     if not isinstance(config, dict) or "model" not in config:
         raise ContractiveError(f"{path / CONFIG} has no 'model' section")
-    model = Autoencoder(ModelConfig.from_dict(config["model"]))
+    model = build_model(ModelConfig.from_dict(config["model"]))
     weights = path / WEIGHTS
     if not weights.is_file():
         raise ContractiveError(f"{weights} is missing: the run has no completed epoch yet")

@@ -65,9 +65,20 @@ def app() -> None:
 @_limit_option
 @click.option("--force", is_flag=True, help="Overwrite a non-empty --out directory.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@click.option("--model", "model_kind", default="cae", help="Criterion: ae, cae, dae, rcae (penalise ‖J_r‖²_F), caeh.")
+@click.option("--penalty-on", default="encoder", help="encoder (CAE) or reconstruction (same as --model rcae).")
+@click.option("--noise", default="gaussian", help="DAE corruption: gaussian or masking.")
+@click.option("--sigma", type=float, default=0.1, help="Std of Gaussian corruption (dae, caeh).")
+@click.option("--mask-prob", type=float, default=0.25, help="Probability of zeroing a feature (dae, masking).")
+@click.option("--gamma", type=float, default=1.0, help="Weight γ of the CAE+H term.")
+@click.option("--n-corruptions", type=int, default=4, help="Corrupted copies per sample for CAE+H.")
+@click.option(
+    "--layers", default=None, help="Stacked AE: hidden sizes bottom to top, e.g. 256,128 (greedy pretraining)."
+)
 def train(data, out, hidden, lam, activation, decoder, tied, reconstruction, penalty_method, epochs, batch_size,
-          lr, optimizer, weight_decay, seed, val_fraction, patience, split, limit, force, progress) -> None:  # fmt: skip
-    """Train a contractive autoencoder and write a run directory."""
+          lr, optimizer, weight_decay, seed, val_fraction, patience, split, limit, force, progress,
+          model_kind, penalty_on, noise, sigma, mask_prob, gamma, n_corruptions, layers) -> None:  # fmt: skip
+    """Train a contractive autoencoder (or a relative, or a stack) and write a run directory."""
     from .data import load_dataset
     from .runs import train_run
 
@@ -79,10 +90,11 @@ def train(data, out, hidden, lam, activation, decoder, tied, reconstruction, pen
     model_config = ModelConfig(
         n_features=dataset.X.shape[1], hidden=hidden, activation=activation, decoder=decoder, tied=tied, lam=lam,
         reconstruction=reconstruction, penalty_method=penalty_method,
+        **_relative_options(model_kind, penalty_on, noise, sigma, mask_prob, gamma, n_corruptions, layers, hidden),
     )  # fmt: skip
     if out is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = Path("runs") / f"cae-{dataset.description.get('name', 'data')}-{stamp}"
+        out = Path("runs") / f"{model_config.model}-{dataset.description.get('name', 'data')}-{stamp}"
     run = train_run(dataset, model_config, train_config, out, overwrite=force, progress=progress)
     if run.result.interrupted:
         done = len(run.result.history)
@@ -94,6 +106,31 @@ def train(data, out, hidden, lam, activation, decoder, tied, reconstruction, pen
         f"  {m['evaluated_on']}: reconstruction error {m['val_reconstruction_error']:.4f}  "
         f"mean ‖J_f‖_F {m['val_jacobian_norm']:.4f}  loss {m['val_loss']:.4f}"
     )
+
+
+def _relative_options(model_kind, penalty_on, noise, sigma, mask_prob, gamma, n_corruptions, layers, hidden) -> dict:
+    """ModelConfig fields of the relatives, refusing options that would silently do nothing."""
+    ctx = click.get_current_context()
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+
+    if model_kind in ("ae", "dae") and given("lam") and ctx.params["lam"] != 0:
+        raise ContractiveError(f"--lam has no effect with --model {model_kind} (it has no Jacobian penalty)")
+    sizes: list[int] = []
+    if layers is not None:
+        try:
+            sizes = [int(v) for v in layers.split(",") if v.strip()]
+        except ValueError:
+            raise ContractiveError(f"--layers must be comma-separated integers like 256,128, got {layers!r}") from None
+        if not sizes:
+            raise ContractiveError("--layers needs at least one hidden size")
+        if given("hidden") and hidden != sizes[-1]:
+            raise ContractiveError(f"--hidden {hidden} disagrees with the top of --layers {layers}; give one of them")
+    return {
+        "model": model_kind, "penalty_on": penalty_on, "noise": noise, "sigma": sigma, "mask_prob": mask_prob,
+        "gamma": gamma, "n_corruptions": n_corruptions, "layers": sizes,
+    }  # fmt: skip
 
 
 @app.command()
@@ -132,6 +169,54 @@ def info(run_dir) -> None:
 
     run = load_run(run_dir)
     click.echo(json.dumps({"config": run.config, "metrics": run.metrics}, indent=2))
+
+
+@app.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@_data_option
+@_split_option
+@_limit_option
+@click.option("--test-size", type=int, default=None, help="The last N samples are the test set [default: 20%].")
+@click.option("--train-size", type=int, default=None, help="The first N samples train [default: all before test].")
+@click.option("--epochs", type=int, default=20, help="Fine-tuning passes over the training part.")
+@click.option("--batch-size", type=int, default=64, help="Samples per step.")
+@click.option("--lr", type=float, default=1e-3, help="Learning rate.")
+@click.option("--optimizer", default="adam", help="adam or sgd.")
+@click.option("--seed", type=int, default=0, help="Seed for the head, shuffling and the random-init baseline.")
+def finetune(run_dir, data, split, limit, test_size, train_size, epochs, batch_size, lr, optimizer, seed) -> None:
+    """Fine-tune RUN_DIR's encoder with a softmax head on labelled DATA; compare with a random start.
+
+    The split is fixed, not random: the first samples train, the last --test-size samples test. The
+    baseline is a network of identical shape with Glorot-uniform weights, trained the same way. Results
+    are printed and written to RUN_DIR/finetune.json.
+    """
+    from .checkpoint import load_run, write_json
+    from .data import load_dataset
+    from .stacked import compare_finetuning
+
+    run = load_run(run_dir)
+    dataset = load_dataset(data, split=split, limit=limit)
+    if dataset.y is None:
+        raise ContractiveError(f"{data}: fine-tuning needs labels, and this dataset has none")
+    n = dataset.X.shape[0]
+    n_test = test_size if test_size is not None else max(1, n // 5)
+    n_train = train_size if train_size is not None else n - n_test
+    if n_test < 1 or n_train < 1 or n_train + n_test > n:
+        raise ContractiveError(f"--train-size {n_train} and --test-size {n_test} do not fit in {n} samples")
+    X_train, y_train = dataset.X[:n_train], dataset.y[:n_train]
+    X_test, y_test = dataset.X[n - n_test :], dataset.y[n - n_test :]
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed, val_fraction=0)
+    results = compare_finetuning(run.model.encoder, X_train, y_train, X_test, y_test, config)
+    write_json(
+        Path(run_dir) / "finetune.json",
+        {"data": dataset.description, "n_train": n_train, "n_test": n_test, "training": config.to_dict(), **results},
+    )
+    click.echo(f"fine-tuned on the first {n_train} samples, tested on the last {n_test} ({epochs} epochs)")
+    for name, label in (("pretrained", f"{run.model.config.model} pretrained"), ("random_init", "random init")):
+        r = results[name]
+        click.echo(
+            f"  {label:<20} test error {100 * r['test_error']:6.2f}%   train error {100 * r['train_error']:6.2f}%"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

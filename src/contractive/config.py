@@ -18,6 +18,10 @@ from .errors import ContractiveError
 DECODERS = ("sigmoid", "linear")
 RECONSTRUCTIONS = ("auto", "bce", "squared_error")
 OPTIMIZERS = ("adam", "sgd")
+# Which training criterion (see contractive.models.Autoencoder.loss and contractive.relatives).
+MODELS = ("ae", "cae", "dae", "rcae", "caeh")
+NOISES = ("gaussian", "masking")
+PENALTY_TARGETS = ("encoder", "reconstruction")
 
 # Default λ for the per-sample convention (see README, "The loss"), chosen on scikit-learn's digits with
 # 64 sigmoid hidden units and 100 Adam epochs by a sweep over λ ∈ {0, 0.01, 0.03, 0.1, 0.3, 1}
@@ -56,6 +60,28 @@ class ModelConfig:
         Passed to :func:`contractive.jacobian_frobenius_sq`.
     n_projections : int
         Probes for stochastic penalty methods.
+    model : {"ae", "cae", "dae", "rcae", "caeh"}
+        Training criterion: plain AE; CAE (λ‖J_f(x)‖²_F); denoising AE (reconstruct x from a corrupted
+        x̃); reconstruction-contractive AE (λ‖J_r(x)‖²_F with r = g∘f); CAE+H (the CAE plus
+        γ · mean over ``n_corruptions`` copies x̃ = x + ε, ε ~ N(0, σ²I), of ‖J_f(x) − J_f(x̃)‖²_F).
+        Models without a Jacobian penalty (``ae``, ``dae``) store ``lam = 0``.
+    penalty_on : {"encoder", "reconstruction"}
+        What the λ term contracts. ``"reconstruction"`` is the same as ``model="rcae"``; either spelling
+        is normalised to ``model="rcae", penalty_on="reconstruction"``.
+    noise : {"gaussian", "masking"}
+        Corruption of the denoising AE: x + ε with ε ~ N(0, σ²I), or each feature set to 0 with
+        probability ``mask_prob``. CAE+H always uses Gaussian copies of std ``sigma``.
+    sigma : float
+        Standard deviation of Gaussian corruption (``dae`` with Gaussian noise, ``caeh``).
+    mask_prob : float
+        Probability of zeroing a feature (``dae`` with masking noise).
+    gamma : float
+        Weight γ ≥ 0 of the CAE+H higher-order term.
+    n_corruptions : int
+        Number of corrupted copies per sample for the CAE+H term.
+    layers : list of int
+        Hidden sizes of a stacked autoencoder, bottom to top (greedy layer-wise pretraining, see
+        :mod:`contractive.stacked`). Empty for a single layer; when given, ``hidden`` is the top size.
     """
 
     n_features: int
@@ -67,6 +93,14 @@ class ModelConfig:
     reconstruction: str = "auto"
     penalty_method: str = "auto"
     n_projections: int = 1
+    model: str = "cae"
+    penalty_on: str = "encoder"
+    noise: str = "gaussian"
+    sigma: float = 0.1
+    mask_prob: float = 0.25
+    gamma: float = 1.0
+    n_corruptions: int = 4
+    layers: list[int] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check(
@@ -92,6 +126,48 @@ class ModelConfig:
             "reconstruction 'bce' needs decoder 'sigmoid'",
         )
         _check(self.n_projections >= 1, f"n_projections must be ≥ 1, got {self.n_projections}")
+        self._check_relatives()
+
+    def _check_relatives(self) -> None:
+        _check(self.model in MODELS, f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        _check(
+            self.penalty_on in PENALTY_TARGETS,
+            f"unknown penalty_on {self.penalty_on!r}; choose one of {', '.join(PENALTY_TARGETS)}",
+        )
+        if self.penalty_on == "reconstruction":
+            _check(
+                self.model in ("cae", "rcae"),
+                f"penalty_on 'reconstruction' is the rcae model; it cannot be combined with model {self.model!r}",
+            )
+            self.model = "rcae"
+        if self.model == "rcae":
+            self.penalty_on = "reconstruction"
+        if self.model in ("ae", "dae"):
+            self.lam = 0.0  # no Jacobian penalty: record what is actually trained
+        _check(self.noise in NOISES, f"unknown noise {self.noise!r}; choose one of {', '.join(NOISES)}")
+        _check(
+            isinstance(self.sigma, (int, float)) and math.isfinite(self.sigma) and self.sigma > 0,
+            f"sigma (noise std) must be a finite number > 0, got {self.sigma}",
+        )
+        _check(
+            isinstance(self.mask_prob, (int, float)) and 0 <= self.mask_prob < 1,
+            f"mask_prob must be in [0, 1), got {self.mask_prob}",
+        )
+        _check(
+            isinstance(self.gamma, (int, float)) and math.isfinite(self.gamma) and self.gamma >= 0,
+            f"gamma (γ) must be a finite number ≥ 0, got {self.gamma}",
+        )
+        _check(
+            isinstance(self.n_corruptions, int) and self.n_corruptions >= 1,
+            f"n_corruptions must be ≥ 1, got {self.n_corruptions}",
+        )
+        _check(
+            isinstance(self.layers, (list, tuple)) and all(isinstance(h, int) and h >= 1 for h in self.layers),
+            f"layers must be a list of hidden sizes ≥ 1, got {self.layers}",
+        )
+        self.layers = list(self.layers)
+        if self.layers:
+            self.hidden = self.layers[-1]  # the code size of a stack is its top layer
 
     def resolve_reconstruction(self, data_min: float, data_max: float) -> ModelConfig:
         """Return a copy with ``reconstruction`` fixed: BCE for [0, 1] data and a sigmoid decoder."""

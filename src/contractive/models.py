@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import relatives
 from .activations import make_activation
 from .config import ModelConfig
 from .errors import ContractiveError
@@ -102,7 +103,16 @@ class Autoencoder(nn.Module):
 
         The penalty is computed on the same forward pass as the code. With λ = 0 it is not computed
         during training (a plain AE costs nothing extra) and is reported as NaN.
+
+        ``config.model`` selects the criterion (see :mod:`contractive.relatives`): ``"dae"`` reconstructs
+        x from a corrupted x̃; ``"rcae"`` reports and penalises ‖J_r‖²_F (r = g∘f) as ``penalty``;
+        ``"caeh"`` adds ``higher_order`` (mean ‖J_f(x) − J_f(x̃)‖²_F) with weight γ. Corruption is drawn
+        from the global torch generator in training mode and from a fixed seed in eval mode, so that
+        validation losses are deterministic.
         """
+        kind = self.config.model
+        if kind in ("dae", "rcae", "caeh"):
+            return self._relative_loss(x, kind)
         lam = self.config.lam
         if lam > 0 or not self.training:
             h, penalty = encode_with_penalty(
@@ -114,3 +124,41 @@ class Autoencoder(nn.Module):
         reconstruction = self.reconstruction_per_sample(x, h).mean()
         total = reconstruction + lam * penalty if lam > 0 else reconstruction
         return {"loss": total, "reconstruction": reconstruction, "penalty": penalty}
+
+    def _relative_loss(self, x: Tensor, kind: str) -> dict[str, Tensor]:
+        cfg = self.config
+        generator = None if self.training else torch.Generator(device=x.device).manual_seed(0)
+        options = {"method": cfg.penalty_method, "n_projections": cfg.n_projections, "generator": generator}
+        if kind == "dae":
+            x_tilde = relatives.corrupt(x, cfg.noise, sigma=cfg.sigma, mask_prob=cfg.mask_prob, generator=generator)
+            reconstruction = self.reconstruction_per_sample(x, self.encode(x_tilde)).mean()
+            if self.training:
+                penalty = torch.full((), float("nan"))
+            else:
+                penalty = encode_with_penalty(self.encoder, x, method=cfg.penalty_method)[1].mean()
+            return {"loss": reconstruction, "reconstruction": reconstruction, "penalty": penalty}
+        if kind == "rcae":
+            reconstruction = self.reconstruction_per_sample(x, self.encode(x)).mean()
+            if cfg.lam > 0 or not self.training:
+                penalty = relatives.reconstruction_jacobian_sq(self, x, **options).mean()
+            else:
+                penalty = torch.full((), float("nan"))
+            total = reconstruction + cfg.lam * penalty if cfg.lam > 0 else reconstruction
+            return {"loss": total, "reconstruction": reconstruction, "penalty": penalty}
+        h, penalty = encode_with_penalty(self.encoder, x, method=cfg.penalty_method, n_projections=cfg.n_projections)
+        penalty = penalty.mean()
+        reconstruction = self.reconstruction_per_sample(x, h).mean()
+        higher_order = relatives.higher_order_penalty(
+            self.encoder, x, sigma=cfg.sigma, n_corruptions=cfg.n_corruptions, **options
+        ).mean()
+        total = reconstruction + cfg.lam * penalty + cfg.gamma * higher_order
+        return {"loss": total, "reconstruction": reconstruction, "penalty": penalty, "higher_order": higher_order}
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """An :class:`Autoencoder`, or a :class:`~contractive.stacked.StackedAutoencoder` when ``config.layers``."""
+    if config.layers:
+        from .stacked import StackedAutoencoder  # stacked builds on this module
+
+        return StackedAutoencoder(config)
+    return Autoencoder(config)

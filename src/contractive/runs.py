@@ -18,7 +18,7 @@ from . import __version__, checkpoint, plots
 from .config import ModelConfig, TrainConfig
 from .data import Dataset, train_val_split, validate_features
 from .errors import ContractiveError
-from .models import Autoencoder
+from .models import Autoencoder, build_model
 from .training import FitResult, as_tensor, evaluate, fit, seed_everything
 
 
@@ -68,7 +68,7 @@ def train_run(
         (path / stale).unlink(missing_ok=True)
 
     seed_everything(train_config.seed)
-    model = Autoencoder(model_config)
+    model = build_model(model_config)
     config = {
         "contractive_version": __version__,
         "model": model_config.to_dict(),
@@ -82,7 +82,13 @@ def train_run(
         "environment": {"torch": torch.__version__, "python": platform.python_version()},
     }
     checkpoint.write_json(path / checkpoint.CONFIG, config)
-    result = fit(model, X_train, X_val if val_idx.size else None, train_config, run_dir=path, progress=progress)
+    X_val_or_none = X_val if val_idx.size else None
+    if model_config.layers:
+        from .stacked import pretrain  # greedy layer-wise: each layer fitted on the codes below it
+
+        result = pretrain(model, X_train, X_val_or_none, train_config, run_dir=path, progress=progress)
+    else:
+        result = fit(model, X_train, X_val_or_none, train_config, run_dir=path, progress=progress)
     if not result.history:
         return TrainedRun(path, model, {}, result, [])
 

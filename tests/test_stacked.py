@@ -1,0 +1,132 @@
+"""Stacked autoencoders: greedy layer-wise pretraining, checkpoints, fine-tuning with a softmax head."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from contractive import ModelConfig, TrainConfig, load_dataset
+from contractive.checkpoint import CONFIG, WEIGHTS, load_run, save_weights, write_json
+from contractive.errors import ContractiveError
+from contractive.stacked import StackedAutoencoder, compare_finetuning, layer_configs, pretrain, random_like
+from contractive.training import fit
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", limit=400)
+
+
+def stack_config(**overrides) -> ModelConfig:
+    values = {"n_features": 64, "layers": [24, 10], "lam": 0.1, "reconstruction": "bce", **overrides}
+    return ModelConfig(**values)
+
+
+def test_layer_configs_chain_sizes_and_pick_the_upper_loss_from_the_code_range():
+    sigmoid = layer_configs(stack_config())
+    assert [(c.n_features, c.hidden) for c in sigmoid] == [(64, 24), (24, 10)]
+    assert [c.reconstruction for c in sigmoid] == ["bce", "bce"]
+    assert all(not c.layers for c in sigmoid)
+    tanh = layer_configs(stack_config(activation="tanh", decoder="linear", reconstruction="squared_error"))
+    assert [c.reconstruction for c in tanh] == ["squared_error", "squared_error"]
+    relu = layer_configs(stack_config(activation="relu"))
+    assert [c.reconstruction for c in relu] == ["bce", "squared_error"]  # relu codes leave [0, 1]
+
+
+def test_pretraining_is_greedy_each_layer_fitted_on_the_codes_below(digits):
+    X = digits.X
+    config = TrainConfig(epochs=2, batch_size=50, seed=3)
+    torch.manual_seed(0)
+    stack = StackedAutoencoder(stack_config())
+    torch.manual_seed(0)
+    reference = StackedAutoencoder(stack_config())  # same initial weights
+
+    result = pretrain(stack, X, None, config, progress=False)
+
+    # The protocol done by hand: fit layer 0 on X, then layer 1 on layer 0's (frozen) codes.
+    fit(reference.layers[0], X, None, config, progress=False)
+    with torch.no_grad():
+        codes = reference.layers[0].eval().encode(torch.as_tensor(X))
+    fit(reference.layers[1], codes, None, config, progress=False)
+    for (name, got), expected in zip(stack.state_dict().items(), reference.state_dict().values(), strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0, msg=name)
+    assert [row["layer"] for row in result.history] == [0, 0, 1, 1]
+    # The upper layer really was trained: its reconstruction of the codes improved.
+    assert result.history[3]["train_reconstruction"] < result.history[2]["train_reconstruction"]
+
+
+def test_encode_is_the_composition_of_the_layers_and_the_flat_encoder_is_live(digits):
+    torch.manual_seed(1)
+    stack = StackedAutoencoder(stack_config())
+    x = torch.as_tensor(digits.X[:5])
+    top = stack.layers[1].encode(stack.layers[0].encode(x))
+    torch.testing.assert_close(stack.encode(x), top)
+    torch.testing.assert_close(stack.encoder(x), top)
+    assert stack.encoder[0].weight is stack.layers[0].encoder[0].weight
+    assert stack.decode(top).shape == (5, 64)
+    assert len(stack.state_dict()) == len(set(stack.state_dict()))
+
+
+def test_a_stack_run_directory_loads_strictly(tmp_path, digits):
+    config = stack_config()
+    torch.manual_seed(2)
+    stack = StackedAutoencoder(config)
+    save_weights(tmp_path / WEIGHTS, stack)
+    write_json(tmp_path / CONFIG, {"model": config.to_dict()})
+    run = load_run(tmp_path)
+    assert isinstance(run.model, StackedAutoencoder)
+    x = torch.as_tensor(digits.X[:4])
+    torch.testing.assert_close(run.model.encode(x), stack.eval().encode(x))
+    # A config promising a different stack is refused, not half-loaded.
+    write_json(tmp_path / CONFIG, {"model": dataclasses.replace(config, layers=[24, 12]).to_dict()})
+    with pytest.raises(ContractiveError, match="does not match its config"):
+        load_run(tmp_path)
+    assert set(load_file(str(tmp_path / WEIGHTS))) == set(stack.state_dict())
+
+
+def test_random_like_keeps_shapes_but_not_weights_and_leaves_the_original_alone():
+    torch.manual_seed(4)
+    encoder = StackedAutoencoder(stack_config()).encoder
+    before = [p.detach().clone() for p in encoder.parameters()]
+    fresh = random_like(encoder, seed=0)
+    assert [p.shape for p in fresh.parameters()] == [p.shape for p in encoder.parameters()]
+    assert not torch.equal(fresh[0].weight, encoder[0].weight)
+    assert all(not b.detach().any() for name, b in fresh.named_parameters() if name.endswith("bias"))
+    assert all(torch.equal(a, b) for a, b in zip(before, encoder.parameters(), strict=True))
+
+
+def test_finetuning_learns_the_labels_and_does_not_touch_the_pretrained_stack(digits):
+    torch.manual_seed(5)
+    stack = StackedAutoencoder(stack_config(layers=[32, 16]))
+    pretrain(stack, digits.X[:300], None, TrainConfig(epochs=3, batch_size=50), progress=False)
+    before = {k: v.clone() for k, v in stack.state_dict().items()}
+    X, y = digits.X, digits.y
+    config = TrainConfig(epochs=15, batch_size=32, lr=0.02, val_fraction=0)
+    results = compare_finetuning(stack.encoder, X[:300], y[:300], X[300:], y[300:], config)
+    for name in ("pretrained", "random_init"):
+        # Ten balanced classes: chance is 90% error; both networks must do far better on held-out digits.
+        assert results[name]["test_error"] < 0.5, (name, results[name])
+        assert 0 <= results[name]["train_error"] <= results[name]["test_error"] + 0.1
+    assert all(torch.equal(before[k], v) for k, v in stack.state_dict().items())
+
+
+def test_cli_rejects_bad_layers_and_conflicting_hidden(cli, tmp_path):
+    bad = cli("train", "--layers", "16,x", "--out", str(tmp_path / "a"))
+    assert bad.returncode == 2 and "error: --layers must be comma-separated" in bad.stderr
+    clash = cli("train", "--layers", "16,8", "--hidden", "4", "--out", str(tmp_path / "b"))
+    assert clash.returncode == 2 and "disagrees with the top of --layers" in clash.stderr
+
+
+def test_finetune_needs_labels(cli, tmp_path):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((50, 64)).astype(np.float32))
+    config = stack_config()
+    save_weights(tmp_path / WEIGHTS, StackedAutoencoder(config))
+    write_json(tmp_path / CONFIG, {"model": config.to_dict()})
+    out = cli("finetune", str(tmp_path), "--data", str(tmp_path / "x.npy"))
+    assert out.returncode == 2 and "needs labels" in out.stderr, out.stderr
+    assert json.loads((tmp_path / CONFIG).read_text())["model"]["layers"] == [24, 10]
