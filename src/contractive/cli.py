@@ -219,6 +219,93 @@ def finetune(run_dir, data, split, limit, test_size, train_size, epochs, batch_s
         )
 
 
+_points_options = [
+    _split_option,
+    click.option("--skip", type=int, default=0, help="Skip the first N samples (e.g. those the run trained on)."),
+    click.option("--n-points", type=int, default=500, help="Points at which to measure the diagnostics."),
+    click.option("--fraction", type=float, default=0.1, help="Effective dimension: count σ_i > FRACTION × σ_1."),
+    click.option("--eps", type=float, default=0.05, help="Saturation: distance to a bound that counts as saturated."),
+    click.option("--seed", type=int, default=0, help="Seed for the contraction-curve directions."),
+]
+
+
+def _with_points_options(command):
+    for option in reversed(_points_options):
+        command = option(command)
+    return command
+
+
+def _diagnostic_points(spec: str, split: str, skip: int, n_points: int) -> tuple[np.ndarray, str]:
+    """Samples ``skip`` … ``skip + n_points`` of a dataset spec, and a label saying so."""
+    from .data import load_dataset
+
+    if skip < 0:
+        raise ContractiveError(f"--skip must be ≥ 0, got {skip}")
+    if n_points < 2:
+        raise ContractiveError(f"--n-points must be ≥ 2, got {n_points}")
+    dataset = load_dataset(spec, split=split)
+    X = dataset.X[skip : skip + n_points]
+    if X.shape[0] < 2:
+        raise ContractiveError(f"{spec}: only {dataset.X.shape[0]} samples, nothing left after skipping {skip}")
+    part = dataset.description.get("split")
+    where = f"{spec}" + (f" ({part})" if part else "")
+    return X, f"{where}, samples {skip}–{skip + X.shape[0] - 1}"
+
+
+@app.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--data", required=True, help="'digits', an IDX directory, or a .npy/.npz/.csv file.")
+@_with_points_options
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write all numbers here.")
+def diagnose(run_dir, data, split, skip, n_points, fraction, eps, seed, json_path) -> None:
+    """Measure the Jacobian spectrum, contraction and saturation of the encoder in RUN_DIR on DATA."""
+    from .checkpoint import load_run, write_json
+    from .diagnostics import diagnose as measure
+
+    run = load_run(run_dir)
+    X, label = _diagnostic_points(data, split, skip, n_points)
+    if X.shape[1] != run.model.config.n_features:
+        raise ContractiveError(f"{data} has {X.shape[1]} features but the model expects {run.model.config.n_features}")
+    summary = measure(run.model.encoder, X, fraction=fraction, eps=eps, seed=seed).summary()
+    lines = [
+        f"{run_dir} on {label}",
+        f"  effective dimension (σ_i > {fraction:g}·σ_1)  {summary['effective_dimension']:.2f} "
+        f"± {summary['effective_dimension_std']:.2f}",
+        f"  largest singular value (mean)      {summary['largest_singular_value']:.4g}",
+        f"  ‖J_f‖_F (mean)                     {summary['jacobian_frobenius']:.4g}",
+    ]
+    for direction in ("isotropic", "data"):
+        curve = summary[f"contraction_{direction}"]
+        lines.append(
+            f"  contraction ratio, {direction:<9}       {curve['ratio'][0]:.4g} at r={curve['radii'][0]:g}, "
+            f"{curve['ratio'][-1]:.4g} at r={curve['radii'][-1]:g}"
+        )
+    if "saturation_percent" in summary:
+        lines.append(f"  saturated units (within {eps:g})     {summary['saturation_percent']:.1f}%")
+    click.echo("\n".join(lines))
+    if json_path is not None:
+        write_json(json_path, {"run_dir": str(run_dir), "data": label, **summary})
+
+
+@app.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Report directory (index.html, figures/).")
+@click.option("--data", default=None, help="Points for the diagnostics [default: the first run's training data spec].")
+@_with_points_options
+def report(run_dirs, out, data, split, skip, n_points, fraction, eps, seed) -> None:
+    """Write an HTML page comparing RUN_DIRS side by side: config, metrics, diagnostics and figures."""
+    from .checkpoint import read_json
+    from .report import write_report
+
+    if data is None:
+        data = (read_json(Path(run_dirs[0]) / "config.json").get("data") or {}).get("spec")
+        if data is None:
+            raise ContractiveError(f"{run_dirs[0]} records no data spec; pass --data")
+    X, label = _diagnostic_points(data, split, skip, n_points)
+    index = write_report(run_dirs, out, X=X, data_label=label, fraction=fraction, eps=eps, seed=seed)
+    click.echo(f"wrote {index} ({len(run_dirs)} run(s), diagnostics on {label})")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning user errors into one line and a non-zero exit."""
     try:
