@@ -87,10 +87,10 @@ class BenchmarkConfig:
 
     hidden: int = 1000
     epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
+    batch_size: int = 64
+    lr: float = 2e-3
     finetune_epochs: int = 5
-    finetune_lr: float = 1e-3
+    finetune_lr: float = 3e-3
     grid_epochs: int = 2
     grid_train_size: int = 5000
     weight_decay_grid: tuple[float, ...] = (1e-5, 1e-4, 1e-3)
@@ -135,7 +135,7 @@ class BenchmarkConfig:
     def quick_defaults(cls, **overrides: Any) -> BenchmarkConfig:
         """A small budget that finishes in minutes on 2 CPU cores: a subset, 100 units, short runs, 2-point grids."""
         values: dict[str, Any] = dict(
-            hidden=100, epochs=3, finetune_epochs=3, grid_epochs=1, grid_train_size=1000,
+            hidden=100, epochs=3, finetune_epochs=3, grid_epochs=2, grid_train_size=1000,
             weight_decay_grid=(1e-4, 1e-3), sigma_grid=(0.1, 0.3), mask_grid=(0.1, 0.25), lam_grid=(0.01, 0.1),
             gamma_grid=(0.1, 1.0), probe_max_iter=1000, train_size=3000, val_size=500, test_size=1000,
             spectrum_points=20, quick=True,

@@ -320,8 +320,8 @@ def report(run_dirs, out, data, split, skip, n_points, fraction, eps, seed) -> N
 @click.option(
     "--finetune-epochs", type=int, default=None, help="Fine-tuning epochs for every encoder [default: 5, quick 3]."
 )
-@click.option("--batch-size", type=int, default=None, help="Mini-batch size [default: 128].")
-@click.option("--grid-epochs", type=int, default=None, help="Epochs of each validation-grid run [default: 2, quick 1].")
+@click.option("--batch-size", type=int, default=None, help="Mini-batch size [default: 64].")
+@click.option("--grid-epochs", type=int, default=None, help="Epochs of each validation-grid run [default: 2].")
 @click.option(
     "--grid-train-size", type=int, default=None, help="Training samples of each grid run [default: 5000, quick 1000]."
 )
