@@ -54,6 +54,9 @@ from .training import as_tensor, evaluate, fit, seed_everything
 PRETRAINED = ("AE", "AE+wd", "DAE-g", "DAE-b", "CAE", "CAE+H")
 REFERENCES = ("RBM", "PCA", "raw", "random init")
 SATURATION_EPS = 0.05
+# Rifai et al. (ICML 2011), Table 1: MNIST test error (%) after fine-tuning, 1000 hidden units.
+PAPER_ERRORS = {"CAE": 1.14, "DAE-g": 1.18, "RBM": 1.30, "DAE-b": 1.57, "AE+wd": 1.68, "AE": 1.78}
+PAPER_ORDER = tuple(sorted(PAPER_ERRORS, key=PAPER_ERRORS.get))
 # Fractions of a single-pool dataset (no separate test files): train / validation / test.
 POOL_FRACTIONS = (0.7, 0.1, 0.2)
 POOL_SEED = 0
@@ -634,7 +637,63 @@ def format_report(results: dict[str, Any]) -> str:
     unconverged = [r["model"] for r in results["rows"] if r["probe_converged"] is False]
     if unconverged:
         lines += [f"Linear probes that reached max_iter without converging: {', '.join(unconverged)}.", ""]
+    lines += compare_with_paper(results["rows"])
     return "\n".join(lines)
+
+
+def compare_with_paper(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines: which pairwise orderings of Rifai et al.'s Table 1 hold here, and by how much.
+
+    For every pair (a, b) with a better than b in the paper, the pair reproduces when a's error here is
+    lower than b's; the margin is b − a in percentage points (negative: reversed). Also the Spearman rank
+    correlation between mean ‖J_f‖_F and error over the pretrained models and the RBM.
+    """
+    by_name = {r["model"]: r for r in rows}
+    present = [m for m in PAPER_ORDER if m in by_name]
+    lines = [
+        "Paper ordering (Rifai et al. 2011, Table 1, MNIST fine-tuned test error): "
+        + " < ".join(f"{m} {PAPER_ERRORS[m]:.2f}%" for m in PAPER_ORDER)
+        + ".",
+        "",
+    ]
+    for key, label in (("finetune_error", "fine-tuned"), ("probe_error", "linear probe")):
+        held, pairs = 0, []
+        for i, a in enumerate(present):
+            for b in present[i + 1 :]:
+                ea, eb = by_name[a][key], by_name[b][key]
+                if ea is None or eb is None:
+                    continue
+                margin = 100 * (eb - ea)
+                held += margin > 0
+                verdict = "yes" if margin > 0 else ("tie" if margin == 0 else "no")
+                pairs.append(f"{a} < {b}: {verdict} ({margin:+.2f} pt)")
+        order_here = sorted((m for m in present if by_name[m][key] is not None), key=lambda m: by_name[m][key])
+        lines += [
+            f"- {label} error, ordering here: "
+            + " < ".join(f"{m} {100 * by_name[m][key]:.2f}%" for m in order_here)
+            + f". Pairs of the paper's ordering that hold: {held} of {len(pairs)}.",
+            "  " + "; ".join(pairs) + ".",
+        ]
+        models = [m for m in present if by_name[m][key] is not None and by_name[m]["jacobian_norm"] is not None]
+        if len(models) >= 3:
+            rho = _spearman([by_name[m]["jacobian_norm"] for m in models], [by_name[m][key] for m in models])
+            lines.append(f"  Spearman rank correlation of mean ‖J_f‖_F with {label} error over {len(models)} models: "
+                         f"{rho:+.2f}.")  # fmt: skip
+    return [*lines, ""]
+
+
+def _spearman(a: list[float], b: list[float]) -> float:
+    from scipy.stats import spearmanr  # a scikit-learn dependency; handles ties by average ranks
+
+    return float(spearmanr(a, b).statistic)
+
+
+def rewrite_report(out: str | Path) -> Path:
+    """Regenerate ``results.md`` in ``out`` from its ``results.json`` (e.g. after the report format changed)."""
+    out = Path(out)
+    results = load_results(out / "results.json")
+    checkpoint.atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(format_report(results), "utf-8"))
+    return out / "results.md"
 
 
 def error_vs_jacobian_figure(rows: list[dict[str, Any]], path: Path) -> Path:
