@@ -78,8 +78,9 @@ class BenchmarkConfig:
         Budget of each validation-grid run: epochs, and the number of training samples it uses.
     *_grid : tuple of float
         Candidate values; CAE+H uses the λ chosen for the CAE and searches γ.
-    probe_max_iter : int
-        ``max_iter`` of the logistic regression; a probe that hits it is reported as not converged.
+    probe_max_iter, grid_probe_max_iter : int
+        ``max_iter`` of the final and of the grid's logistic regressions; a probe that hits it is reported
+        as not converged (the grid records it per candidate).
     probe_train_size : int or None
         Samples the final linear probes train on (None: the whole training split).
     train_size, val_size, test_size : int or None
@@ -105,6 +106,7 @@ class BenchmarkConfig:
     caeh_corruptions: int = 1
     rbm_lr: float = 0.05
     probe_max_iter: int = 2000
+    grid_probe_max_iter: int = 300
     probe_train_size: int | None = None
     train_size: int | None = None
     val_size: int | None = None
@@ -115,7 +117,7 @@ class BenchmarkConfig:
 
     def __post_init__(self) -> None:
         for name in ("hidden", "epochs", "batch_size", "finetune_epochs", "grid_epochs", "grid_train_size",
-                     "caeh_corruptions", "probe_max_iter", "spectrum_points"):  # fmt: skip
+                     "caeh_corruptions", "probe_max_iter", "grid_probe_max_iter", "spectrum_points"):  # fmt: skip
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ContractiveError(f"{name.replace('_', '-')} must be an integer ≥ 1, got {value}")
@@ -330,7 +332,7 @@ def select_hyperparameters(
             model, _, _ = train_autoencoder(name, params, config, X_sub, epochs=config.grid_epochs)
             probe = linear_probe(
                 encode_codes(model, X_sub), y_sub, encode_codes(model, splits.X_val), splits.y_val,
-                max_iter=config.probe_max_iter, seed=config.seed,
+                max_iter=config.grid_probe_max_iter, seed=config.seed,
             )  # fmt: skip
             tried.append({"params": params, "val_error": probe["error"], "probe_converged": probe["converged"]})
             log(f"  grid {name:<6} {_format_params(params):<28} validation probe error {100 * probe['error']:.2f}%")
@@ -625,7 +627,8 @@ def format_report(results: dict[str, Any]) -> str:
         f"σ = {c['caeh_sigma']:g}, {c['caeh_corruptions']} corrupted copy per sample.",
         "",
         f"Hyperparameters chosen on the validation split by linear-probe error, each candidate trained "
-        f"{c['grid_epochs']} epoch(s) on the first {min(c['grid_train_size'], d['n_train'])} training samples:",
+        f"{c['grid_epochs']} epoch(s) on the first {min(c['grid_train_size'], d['n_train'])} training samples "
+        f"(probe max_iter {c['grid_probe_max_iter']}):",
         "",
     ]
     for name, chosen in results["selection"].items():

@@ -337,6 +337,11 @@ def report(run_dirs, out, data, split, skip, n_points, fraction, eps, seed) -> N
 )
 @click.option("--probe-max-iter", type=int, default=None, help="max_iter of the logistic regression [default: 2000].")
 @click.option("--seed", type=int, default=None, help="Seed of every initialisation and shuffle [default: 0].")
+@click.option("--weight-decay-grid", default=None, help="Comma-separated weight decays for AE+wd.")
+@click.option("--sigma-grid", default=None, help="Comma-separated Gaussian noise stds for DAE-g.")
+@click.option("--mask-grid", default=None, help="Comma-separated masking probabilities for DAE-b.")
+@click.option("--lam-grid", default=None, help="Comma-separated λ values for the CAE (CAE+H reuses the chosen λ).")
+@click.option("--gamma-grid", default=None, help="Comma-separated γ values for CAE+H.")
 @click.option("--force", is_flag=True, help="Overwrite results in a non-empty --out directory.")
 def benchmark(data, quick, out, force, **sizes) -> None:
     """Train AE, AE+wd, DAE-g, DAE-b, CAE, CAE+H, RBM, PCA (and raw pixels) on DATA under one protocol.
@@ -349,13 +354,18 @@ def benchmark(data, quick, out, force, **sizes) -> None:
     from .runs import prepare_run_dir
 
     overrides = {k: v for k, v in sizes.items() if v is not None}
+    for name in [k for k in overrides if k.endswith("_grid")]:
+        try:
+            overrides[name] = tuple(float(v) for v in overrides[name].split(","))
+        except ValueError:
+            raise ContractiveError(f"--{name.replace('_', '-')} must be comma-separated numbers") from None
     config = BenchmarkConfig.quick_defaults(**overrides) if quick else BenchmarkConfig(**overrides)
     if out is None:
         out = Path("benchmarks") / "results" / (Path(data).name + ("-quick" if quick else ""))
     prepare_run_dir(out, overwrite=force)
     # The command that reproduces this run, with every option that was set spelled out.
     words = ["contractive", "benchmark", "--data", data, *(["--quick"] if quick else []), "--out", str(out)]
-    words += [f"--{k.replace('_', '-')}={v}" for k, v in overrides.items()]
+    words += [f"--{k.replace('_', '-')}={sizes[k]}" for k in overrides]
     command = " ".join(shlex.quote(w) for w in words)
     results = run_benchmark(data, config, out, command=command, log=lambda line: click.echo(line, err=True))
     click.echo(format_table(results["rows"]))
