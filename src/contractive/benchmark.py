@@ -445,47 +445,47 @@ def run_benchmark(
         return result["test_error"]
 
     rows, spectra = [], {}
+
+    def save(row: dict[str, Any] | None = None, *, complete: bool = False) -> dict[str, Any]:
+        """Write results.json, results.md and the figures after every model, so a stopped run keeps what finished."""
+        if row is not None:
+            rows.append(row)
+            log(_progress_line(row))
+        results = {
+            "command": command, "contractive_version": __version__, "machine": machine_description(),
+            "config": config.to_dict(), "data": d, "selection": selection, "rows": rows,
+            "spectra": {k: v.tolist() for k, v in spectra.items()}, "total_time_s": time.perf_counter() - started,
+            "complete": complete,
+        }  # fmt: skip
+        checkpoint.write_json(out / "results.json", results)
+        error_vs_jacobian_figure(rows, out / "error_vs_jacobian.png")
+        if spectra:
+            plots.spectrum(spectra, out / "spectra.png", fraction=0.1)
+        checkpoint.atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(format_report(results), "utf-8"))
+        return results
+
     for name in PRETRAINED:
         params = selection[name]["chosen"]
         model, wall, per_epoch = train_autoencoder(name, params, config, splits.X_train, epochs=config.epochs)
         measures = encoder_measures(model.encoder, splits.X_test, config.spectrum_points)
         spectra[name] = measures["spectrum"]
-        rows.append(_row(
+        save(_row(
             name, params=params, **probe(encode_codes(model, X_probe), measures["codes"]),
             finetune_error=tune(model.encoder), jacobian_norm=measures["jacobian_norm"],
             saturation_percent=measures["saturation"],
             reconstruction_error=evaluate(model, as_tensor(splits.X_test))["reconstruction_error"],
             train_time_s=wall, time_per_epoch_s=per_epoch,
         ))  # fmt: skip
-        log(_progress_line(rows[-1]))
-    reference_rows, reference_spectra = _references(config, splits, X_probe, probe, tune, log)
-    rows += reference_rows
-    spectra.update(reference_spectra)
-
-    results = {
-        "command": command,
-        "contractive_version": __version__,
-        "machine": machine_description(),
-        "config": config.to_dict(),
-        "data": d,
-        "selection": selection,
-        "rows": rows,
-        "spectra": {k: v.tolist() for k, v in spectra.items()},
-        "total_time_s": time.perf_counter() - started,
-    }
-    checkpoint.write_json(out / "results.json", results)
-    figure_paths = [error_vs_jacobian_figure(rows, out / "error_vs_jacobian.png"),
-                    plots.spectrum(spectra, out / "spectra.png", fraction=0.1)]  # fmt: skip
-    checkpoint.atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(format_report(results), "utf-8"))
-    log(f"wrote {out / 'results.md'}, {out / 'results.json'}, " + ", ".join(str(p) for p in figure_paths))
+    _references(config, splits, X_probe, probe, tune, log, save, spectra)
+    results = save(complete=True)
+    log(f"wrote results.md, results.json, error_vs_jacobian.png and spectra.png to {out}")
     return results
 
 
-def _references(config, splits, X_probe, probe, tune, log):
+def _references(config, splits, X_probe, probe, tune, log, save, spectra):
     from sklearn.decomposition import PCA
     from sklearn.neural_network import BernoulliRBM
 
-    rows, spectra = [], {}
     X_train, X_test = splits.X_train, splits.X_test
 
     # BernoulliRBM: same hidden size; PCD training for `epochs` passes; fine-tuned as a sigmoid encoder.
@@ -502,14 +502,13 @@ def _references(config, splits, X_probe, probe, tune, log):
         spectra["RBM"] = measures["spectrum"]
         # Mean-field reconstruction: E[v | h = E[h | x]].
         X_hat = 1 / (1 + np.exp(-(measures["codes"] @ rbm.components_ + rbm.intercept_visible_)))
-        rows.append(_row(
+        save(_row(
             "RBM", params={"learning_rate": config.rbm_lr}, **probe(rbm.transform(X_probe), measures["codes"]),
             finetune_error=tune(encoder), jacobian_norm=measures["jacobian_norm"],
             saturation_percent=measures["saturation"],
             reconstruction_error=float(((X_hat - X_test) ** 2).sum(axis=1).mean()),
             train_time_s=wall, time_per_epoch_s=wall / config.epochs,
         ))  # fmt: skip
-        log(_progress_line(rows[-1]))
     else:
         log("  RBM skipped: BernoulliRBM needs data in [0, 1]")
 
@@ -521,30 +520,24 @@ def _references(config, splits, X_probe, probe, tune, log):
     encoder = sigmoid_encoder(pca.components_, -pca.components_ @ pca.mean_, nn.Identity())
     measures = encoder_measures(encoder, X_test, config.spectrum_points)
     X_hat = pca.inverse_transform(measures["codes"])
-    rows.append(_row(
+    save(_row(
         f"PCA-{k}", params={"n_components": k}, **probe(pca.transform(X_probe), measures["codes"]),
         jacobian_norm=measures["jacobian_norm"], reconstruction_error=float(((X_hat - X_test) ** 2).sum(axis=1).mean()),
         train_time_s=wall,
     ))  # fmt: skip
-    log(_progress_line(rows[-1]))
 
-    rows.append(
-        _row("raw", **probe(X_probe, X_test), jacobian_norm=math.sqrt(X_train.shape[1]), reconstruction_error=0.0)
-    )
-    log(_progress_line(rows[-1]))
+    save(_row("raw", **probe(X_probe, X_test), jacobian_norm=math.sqrt(X_train.shape[1]), reconstruction_error=0.0))
 
     # The same encoder shape from a random start: its frozen features, and fine-tuning without pretraining.
     seed_everything(config.seed)
     template = Autoencoder(model_setup("AE", {}, config, X_train.shape[1], epochs=1)[0]).encoder
     encoder = random_like(template, seed=config.seed)
     measures = encoder_measures(encoder, X_test, config.spectrum_points)
-    rows.append(_row(
+    save(_row(
         "random init", **probe(encode_codes_module(encoder, X_probe), measures["codes"]),
         finetune_error=tune(encoder), jacobian_norm=measures["jacobian_norm"],
         saturation_percent=measures["saturation"],
     ))  # fmt: skip
-    log(_progress_line(rows[-1]))
-    return rows, spectra
 
 
 @torch.no_grad()
@@ -606,6 +599,8 @@ def format_report(results: dict[str, Any]) -> str:
         f"Total wall time {results['total_time_s'] / 60:.1f} min.",
         "",
     ]
+    if not results.get("complete", True):
+        lines += ["**Partial results**: the run has not finished (or was stopped); only the rows below exist.", ""]
     if c["quick"]:
         lines += [
             "**Quick mode**: a subset of the data, a small hidden layer, few epochs and 2-point grids. "
