@@ -15,6 +15,15 @@ from contractive import Autoencoder, ModelConfig, TrainConfig, fit, load_dataset
 from contractive.errors import ContractiveError
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: a second thread only adds synchronisation, which dominates on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def digits_model():
     """A tied sigmoid AE trained briefly on digits with squared error, in float64, and held-out digits."""
@@ -22,7 +31,7 @@ def digits_model():
     torch.manual_seed(0)
     config = ModelConfig(n_features=64, hidden=32, lam=0.01, reconstruction="squared_error")
     model = Autoencoder(config).double()
-    fit(model, X[:1500], None, TrainConfig(epochs=8, batch_size=64, lr=1e-2), progress=False)
+    fit(model, X[:1500], None, TrainConfig(epochs=5, batch_size=64, lr=1e-2), progress=False)
     return model.eval(), X[1500:]
 
 
@@ -110,6 +119,40 @@ def test_caeh_loss_term_is_gamma_times_mean_over_copies():
     torch.testing.assert_close(terms["penalty"], J.pow(2).sum(dim=(1, 2)).mean(), rtol=1e-10, atol=1e-14)
     expected = terms["reconstruction"] + 0.2 * terms["penalty"] + 0.7 * terms["higher_order"]
     torch.testing.assert_close(terms["loss"], expected)
+
+
+@pytest.mark.parametrize("method", ["auto", "exact"])
+def test_caeh_general_path_equals_explicit_jacobians_for_a_deep_encoder(method):
+    torch.manual_seed(8)
+    encoder = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3), nn.Sigmoid()).double()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    x_tilde = relatives.gaussian_copies(x, 2, 0.5, generator=torch.Generator().manual_seed(1))
+    got = relatives.jacobian_difference_sq(encoder, x, x_tilde, method=method)
+    J = explicit_jacobians(encoder, x)
+    expected = torch.stack([(J - explicit_jacobians(encoder, x_tilde[k])).pow(2).sum(dim=(1, 2)) for k in range(2)])
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    weight = encoder[2].weight
+    torch.testing.assert_close(
+        torch.autograd.grad(got.sum(), weight, retain_graph=True)[0],
+        torch.autograd.grad(expected.sum(), weight)[0],
+        rtol=1e-9,
+        atol=1e-11,
+    )
+
+
+def test_caeh_projection_estimate_is_unbiased():
+    torch.manual_seed(9)
+    encoder = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3), nn.Sigmoid()).double()
+    x = torch.randn(3, 6, dtype=torch.float64)
+    x_tilde = relatives.gaussian_copies(x, 1, 0.5, generator=torch.Generator().manual_seed(2))
+    exact = relatives.jacobian_difference_sq(encoder, x, x_tilde, method="exact")
+    k = 4000
+    estimate = relatives.jacobian_difference_sq(
+        encoder, x, x_tilde, method="projection", n_projections=k, generator=torch.Generator().manual_seed(3)
+    )
+    # Rademacher probes: Var ‖ΔJ v‖² ≤ 2‖ΔJᵀΔJ‖²_F ≤ 2‖ΔJ‖⁴_F, so 5 standard errors of the mean of k.
+    tolerance = 5 * math.sqrt(2 / k) * exact
+    assert torch.all((estimate - exact).abs() < tolerance), (estimate, exact)
 
 
 def test_closed_form_caeh_refuses_other_encoders():
@@ -206,6 +249,20 @@ def test_reconstruction_jacobian_closed_form_equals_explicit_jacobians_in_float6
     )
 
 
+@pytest.mark.parametrize("method", ["exact", "projection"])
+def test_reconstruction_jacobian_general_path_matches_the_closed_form(method):
+    torch.manual_seed(10)
+    model = Autoencoder(ModelConfig(n_features=6, hidden=4, reconstruction="bce")).double()
+    x = torch.rand(3, 6, dtype=torch.float64)
+    closed = relatives.reconstruction_jacobian_sq(model, x)
+    k = 1 if method == "exact" else 4000
+    general = relatives.reconstruction_jacobian_sq(
+        model, x, method=method, n_projections=k, generator=torch.Generator().manual_seed(0)
+    )
+    tolerance = 1e-10 * closed if method == "exact" else 5 * math.sqrt(2 / k) * closed
+    assert torch.all((general - closed).abs() <= tolerance), (general, closed)
+
+
 def test_rcae_loss_penalises_the_reconstruction_jacobian():
     torch.manual_seed(7)
     model = Autoencoder(ModelConfig(n_features=5, hidden=3, model="rcae", lam=0.3, reconstruction="bce")).double()
@@ -225,8 +282,8 @@ def test_denoising_excess_over_sigma_squared_tends_to_the_second_order_limit(dig
     library; the left side is the Monte Carlo estimate of :func:`contractive.relatives.denoising_excess`.
     """
     model, X = digits_model
-    x = X[:40]
-    draws = 4000
+    x = X[:30]
+    draws = 2000
     J_sq = explicit_jacobians(model, x).pow(2).sum(dim=(1, 2))
     e = (x - model(x)).detach()
     laplacian = torch.stack(
@@ -239,7 +296,7 @@ def test_denoising_excess_over_sigma_squared_tends_to_the_second_order_limit(dig
     generator = torch.Generator().manual_seed(0)
     small = relatives.denoising_excess(model, x, sigma=0.01, n_draws=draws, generator=generator).mean()
     large = relatives.denoising_excess(model, x, sigma=0.3, n_draws=draws, generator=generator).mean()
-    # Monte Carlo standard error of the per-draw quadratic form, averaged over 40 samples × 4000 draws, is
+    # Monte Carlo standard error of the per-draw quadratic form, averaged over 30 samples × 2000 draws, is
     # well under 1% here; the O(σ²) remainder at σ = 0.01 is ~1e-4 relative.
     assert abs(float(small / limit) - 1) < 0.02, (float(small), float(limit))
     assert abs(float(small / limit) - 1) < abs(float(large / limit) - 1)  # the gap shrinks as σ → 0

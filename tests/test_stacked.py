@@ -12,9 +12,19 @@ from safetensors.torch import load_file
 
 from contractive import ModelConfig, TrainConfig, load_dataset
 from contractive.checkpoint import CONFIG, WEIGHTS, load_run, save_weights, write_json
+from contractive.cli import main
 from contractive.errors import ContractiveError
 from contractive.stacked import StackedAutoencoder, compare_finetuning, layer_configs, pretrain, random_like
 from contractive.training import fit
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: a second thread only adds synchronisation, which dominates on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +48,11 @@ def test_layer_configs_chain_sizes_and_pick_the_upper_loss_from_the_code_range()
     assert [c.reconstruction for c in relu] == ["bce", "squared_error"]  # relu codes leave [0, 1]
 
 
+def test_a_stack_cannot_promise_a_closed_form_penalty():
+    with pytest.raises(ContractiveError, match="closed_form"):
+        stack_config(penalty_method="closed_form")
+
+
 def test_pretraining_is_greedy_each_layer_fitted_on_the_codes_below(digits):
     X = digits.X
     config = TrainConfig(epochs=2, batch_size=50, seed=3)
@@ -55,7 +70,9 @@ def test_pretraining_is_greedy_each_layer_fitted_on_the_codes_below(digits):
     fit(reference.layers[1], codes, None, config, progress=False)
     for (name, got), expected in zip(stack.state_dict().items(), reference.state_dict().values(), strict=True):
         torch.testing.assert_close(got, expected, rtol=0, atol=0, msg=name)
-    assert [row["layer"] for row in result.history] == [0, 0, 1, 1]
+    assert [(row["layer"], row["layer_epoch"], row["epoch"]) for row in result.history] == [
+        (0, 1, 1), (0, 2, 2), (1, 1, 3), (1, 2, 4),
+    ]  # fmt: skip
     # The upper layer really was trained: its reconstruction of the codes improved.
     assert result.history[3]["train_reconstruction"] < result.history[2]["train_reconstruction"]
 
@@ -115,18 +132,46 @@ def test_finetuning_learns_the_labels_and_does_not_touch_the_pretrained_stack(di
     assert all(torch.equal(before[k], v) for k, v in stack.state_dict().items())
 
 
-def test_cli_rejects_bad_layers_and_conflicting_hidden(cli, tmp_path):
-    bad = cli("train", "--layers", "16,x", "--out", str(tmp_path / "a"))
-    assert bad.returncode == 2 and "error: --layers must be comma-separated" in bad.stderr
-    clash = cli("train", "--layers", "16,8", "--hidden", "4", "--out", str(tmp_path / "b"))
-    assert clash.returncode == 2 and "disagrees with the top of --layers" in clash.stderr
+def run_main(capsys, *args: str) -> tuple[int, str, str]:
+    """The CLI in-process (no interpreter start-up): exit status, stdout, stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
 
 
-def test_finetune_needs_labels(cli, tmp_path):
+def test_cli_rejects_bad_layers_conflicting_hidden_and_unlabelled_finetuning(capsys, tmp_path):
+    code, _, err = run_main(capsys, "train", "--layers", "16,x", "--out", str(tmp_path / "a"))
+    assert code == 2 and err.startswith("error: --layers must be comma-separated")
+    code, _, err = run_main(capsys, "train", "--layers", "16,8", "--hidden", "4", "--out", str(tmp_path / "b"))
+    assert code == 2 and "disagrees with the top of --layers" in err
     np.save(tmp_path / "x.npy", np.random.default_rng(0).random((50, 64)).astype(np.float32))
     config = stack_config()
     save_weights(tmp_path / WEIGHTS, StackedAutoencoder(config))
     write_json(tmp_path / CONFIG, {"model": config.to_dict()})
-    out = cli("finetune", str(tmp_path), "--data", str(tmp_path / "x.npy"))
-    assert out.returncode == 2 and "needs labels" in out.stderr, out.stderr
-    assert json.loads((tmp_path / CONFIG).read_text())["model"]["layers"] == [24, 10]
+    code, _, err = run_main(capsys, "finetune", str(tmp_path), "--data", str(tmp_path / "x.npy"))
+    assert code == 2 and err == f"error: {tmp_path / 'x.npy'}: fine-tuning needs labels, and this dataset has none\n"
+
+
+def test_cli_trains_a_stack_then_finetunes_it_against_a_random_start(capsys, tmp_path):
+    run_dir = tmp_path / "stack"
+    code, out, err = run_main(
+        capsys, "train", "--data", "digits", "--limit", "300", "--layers", "32,16", "--epochs", "2",
+        "--no-progress", "--out", str(run_dir),
+    )  # fmt: skip
+    assert code == 0, err
+    run = load_run(run_dir)
+    assert isinstance(run.model, StackedAutoencoder) and run.config["model"]["layers"] == [32, 16]
+    assert [row["layer"] for row in run.history] == [0, 0, 1, 1]
+    code, out, err = run_main(
+        capsys, "finetune", str(run_dir), "--data", "digits", "--limit", "500", "--test-size", "200",
+        "--epochs", "15", "--lr", "0.02",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "fine-tuned on the first 300 samples, tested on the last 200" in out
+    assert "cae 32-16 pretrained" in out and "random init" in out
+    saved = json.loads((run_dir / "finetune.json").read_text())
+    assert (saved["n_train"], saved["n_test"]) == (300, 200)
+    for name in ("pretrained", "random_init"):
+        assert 0 <= saved[name]["test_error"] < 0.6, saved[name]  # chance is 0.9
+        assert f"{100 * saved[name]['test_error']:6.2f}%" in out

@@ -8,15 +8,24 @@ Layout::
       metrics.jsonl       one JSON object per completed epoch
       metrics.json        final numbers
       *.png               figures
+      checkpoints/epoch-NNNNNN/      the last complete epoch, for ``contractive train --resume``
+          model.safetensors          weights, with the epoch in the safetensors metadata
+          training_state.pt          optimizer state, RNG states, history, early-stopping state
+                                     (tensors and plain containers only: loads with weights_only=True)
 
 Every file is written to a temporary name in the same directory and then renamed over the old one
 (``os.replace`` is atomic on POSIX), so an interrupted write never leaves a half-written checkpoint.
+A resumable checkpoint is a whole directory built under a temporary name and renamed into place, so
+its weights and optimizer state always belong to the same epoch (which both files also record).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig
@@ -35,6 +44,9 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 HISTORY = "metrics.jsonl"
 METRICS = "metrics.json"
+CHECKPOINTS = "checkpoints"
+TRAINING_STATE = "training_state.pt"
+_EPOCH_DIR = re.compile(r"epoch-(\d{6,})")
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
@@ -136,3 +148,63 @@ def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu") -> Run:
         with open(path / HISTORY, encoding="utf-8") as fh:
             history = [json.loads(line) for line in fh if line.strip()]
     return Run(path, model, config, metrics, history)
+
+
+def save_training_checkpoint(run_dir: str | Path, epoch: int, model: torch.nn.Module, state: dict[str, Any]) -> Path:
+    """Write ``checkpoints/epoch-NNNNNN/`` atomically and delete older epochs; return its path.
+
+    ``state`` holds what besides the weights is needed to continue bit-identically (optimizer state
+    dict, RNG states, history, ...): tensors, numbers, strings and containers of them only.
+    """
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(exist_ok=True)
+    final = root / f"epoch-{epoch:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
+    try:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt", "epoch": str(epoch)})
+        torch.save({**state, "epoch": epoch}, tmp / TRAINING_STATE)
+        if final.exists():  # the same epoch written by an earlier, interrupted attempt
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in root.iterdir():
+        if old != final and (_EPOCH_DIR.fullmatch(old.name) or old.name.endswith(".tmp")):
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_training_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete ``checkpoints/epoch-*`` directory of a run, or None."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _EPOCH_DIR.fullmatch(p.name)) and p.is_dir()]
+    return max(found)[1] if found else None
+
+
+def load_training_checkpoint(run_dir: str | Path, model: torch.nn.Module) -> dict[str, Any]:
+    """Load the newest checkpoint's weights into ``model`` and return its training state (no pickle).
+
+    Raises :class:`ContractiveError` when there is none or when its two files disagree on the epoch.
+    """
+    directory = latest_training_checkpoint(run_dir)
+    if directory is None:
+        raise ContractiveError(f"{run_dir} has no resumable checkpoint ({CHECKPOINTS}/epoch-*): nothing to resume")
+    weights, state_file = directory / WEIGHTS, directory / TRAINING_STATE
+    try:
+        tensors = load_file(str(weights))
+        with safe_open(str(weights), framework="pt") as fh:
+            weights_epoch = int((fh.metadata() or {}).get("epoch", -1))
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+    except (SafetensorError, OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise ContractiveError(f"cannot read checkpoint {directory}: {exc}") from None
+    if not isinstance(state, dict) or state.get("epoch") != weights_epoch:
+        raise ContractiveError(
+            f"checkpoint {directory} is inconsistent: weights are from epoch {weights_epoch}, "
+            f"training state from epoch {state.get('epoch') if isinstance(state, dict) else '?'}"
+        )
+    load_state_strict(model, tensors, str(weights))
+    return state

@@ -10,12 +10,15 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import numpy as np
 
 from .config import DEFAULT_LAM, ModelConfig, TrainConfig
 from .errors import ContractiveError
+
+if TYPE_CHECKING:  # numpy is imported lazily by the commands that need it
+    import numpy as np
 
 _data_option = click.option(
     "--data",
@@ -30,6 +33,12 @@ _split_option = click.option(
     help="IDX files to read: auto (train if present), train, test.",
 )
 _limit_option = click.option("--limit", type=int, default=None, help="Use only the first N samples.")
+_device_option = click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    default="auto",
+    help="Where to compute: auto picks CUDA when available (under torchrun: this rank's GPU).",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -75,37 +84,97 @@ def app() -> None:
 @click.option(
     "--layers", default=None, help="Stacked AE: hidden sizes bottom to top, e.g. 256,128 (greedy pretraining)."
 )
-def train(data, out, hidden, lam, activation, decoder, tied, reconstruction, penalty_method, epochs, batch_size,
+@_device_option
+@click.option(
+    "--precision",
+    type=click.Choice(["32", "bf16"]),
+    default="32",
+    help="bf16: bfloat16 autocast for the forward pass (penalty stays float32).",
+)
+@click.option(
+    "--resume",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Continue the interrupted run in this directory from its last checkpoint, with its config.json.",
+)
+@click.pass_context
+def train(ctx, data, out, hidden, lam, activation, decoder, tied, reconstruction, penalty_method, epochs, batch_size,
           lr, optimizer, weight_decay, seed, val_fraction, patience, split, limit, force, progress,
-          model_kind, penalty_on, noise, sigma, mask_prob, gamma, n_corruptions, layers) -> None:  # fmt: skip
-    """Train a contractive autoencoder (or a relative, or a stack) and write a run directory."""
-    from .data import load_dataset
-    from .runs import train_run
+          model_kind, penalty_on, noise, sigma, mask_prob, gamma, n_corruptions, layers, device,
+          precision, resume) -> None:  # fmt: skip
+    """Train a contractive autoencoder (or a relative, or a stack) and write a run directory.
 
-    train_config = TrainConfig(
-        epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
-        seed=seed, val_fraction=val_fraction, patience=patience,
-    )  # fmt: skip
-    dataset = load_dataset(data, split=split, limit=limit)
-    model_config = ModelConfig(
-        n_features=dataset.X.shape[1], hidden=hidden, activation=activation, decoder=decoder, tied=tied, lam=lam,
-        reconstruction=reconstruction, penalty_method=penalty_method,
-        **_relative_options(model_kind, penalty_on, noise, sigma, mask_prob, gamma, n_corruptions, layers, hidden),
-    )  # fmt: skip
-    if out is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = Path("runs") / f"{model_config.model}-{dataset.description.get('name', 'data')}-{stamp}"
-    run = train_run(dataset, model_config, train_config, out, overwrite=force, progress=progress)
+    Runs under torchrun as is (``torchrun --nproc_per_node=N -m contractive train ...``): --batch-size
+    is then the global batch, split evenly across the processes.
+    """
+    from .data import load_dataset
+    from .distributed import session
+    from .runs import resume_settings, train_run
+
+    if resume is not None:
+        spec, model_config, train_config = resume_settings(resume)
+        _reject_resume_conflicts(ctx, resume, spec, model_config, train_config)
+        dataset = load_dataset(spec["spec"], split=spec["split"], limit=spec["limit"])
+        out = resume
+    else:
+        train_config = TrainConfig(
+            epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
+            seed=seed, val_fraction=val_fraction, patience=patience, precision=precision,
+        )  # fmt: skip
+        dataset = load_dataset(data, split=split, limit=limit)
+        model_config = ModelConfig(
+            n_features=dataset.X.shape[1], hidden=hidden, activation=activation, decoder=decoder, tied=tied,
+            lam=lam, reconstruction=reconstruction, penalty_method=penalty_method,
+            **_relative_options(model_kind, penalty_on, noise, sigma, mask_prob, gamma, n_corruptions, layers, hidden),
+        )  # fmt: skip
+    with session(device) as context:
+        if out is None:
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            # Under torchrun every rank must write to the one directory rank 0 names.
+            out = context.broadcast(
+                Path("runs") / f"{model_config.model}-{dataset.description.get('name', 'data')}-{stamp}"
+            )
+        run = train_run(
+            dataset, model_config, train_config, out,
+            overwrite=force, progress=progress, context=context, resume=resume is not None,
+        )  # fmt: skip
+        is_main = context.is_main
     if run.result.interrupted:
         done = len(run.result.history)
         click.echo(f"interrupted after {done} complete epoch(s); last checkpoint kept in {run.run_dir}", err=True)
         sys.exit(130)
+    if not is_main:
+        return
     m = run.metrics
     click.echo(
         f"trained {m['epochs_trained']} epochs in {m['train_time_s']:.1f}s on {dataset.X.shape[0]} samples → {run.run_dir}\n"
         f"  {m['evaluated_on']}: reconstruction error {m['val_reconstruction_error']:.4f}  "
         f"mean ‖J_f‖_F {m['val_jacobian_norm']:.4f}  loss {m['val_loss']:.4f}"
     )
+
+
+def _reject_resume_conflicts(ctx, run_dir: Path, spec: dict, model_config: ModelConfig, train_config: TrainConfig):
+    """--resume takes every setting from the run's config.json; an option that disagrees is an error."""
+    from click.core import ParameterSource
+
+    stored = {
+        **model_config.to_dict(),
+        **train_config.to_dict(),
+        "data": spec["spec"],
+        "split": spec["split"],
+        "limit": spec["limit"],
+    }
+    for name, value in ctx.params.items():
+        if name in ("resume", "device", "progress") or ctx.get_parameter_source(name) != ParameterSource.COMMANDLINE:
+            continue
+        option = "--" + name.replace("_", "-")
+        if name in ("out", "force"):
+            raise ContractiveError(f"{option} cannot be combined with --resume (the run continues in {run_dir})")
+        if name in stored and value != stored[name] and not (name == "reconstruction" and value == "auto"):
+            raise ContractiveError(
+                f"{option} {value} conflicts with the run being resumed ({name} = {stored[name]!r} in "
+                f"{run_dir / 'config.json'}); --resume takes its settings from that file"
+            )
 
 
 def _relative_options(model_kind, penalty_on, noise, sigma, mask_prob, gamma, n_corruptions, layers, hidden) -> dict:
@@ -139,26 +208,28 @@ def _relative_options(model_kind, penalty_on, noise, sigma, mask_prob, gamma, n_
 @click.option("--output", type=click.Path(path_type=Path), default=Path("features.npy"), help="Codes file (.npy).")
 @_split_option
 @_limit_option
-def encode(run_dir, data, output, split, limit) -> None:
-    """Write the hidden codes of DATA under the model in RUN_DIR to a .npy file."""
-    from .checkpoint import atomic_write, load_run
+@_device_option
+@click.option("--batch-size", type=int, default=4096, help="Samples encoded at a time.")
+def encode(run_dir, data, output, split, limit, device, batch_size) -> None:
+    """Write the hidden codes of DATA under the model in RUN_DIR to a .npy file.
+
+    Large .npy inputs are memory-mapped and the codes are streamed into the output file batch by batch,
+    so neither has to fit in memory.
+    """
+    from .checkpoint import load_run
     from .data import load_dataset
-    from .runs import encode as encode_array
+    from .runs import encode_to_npy
 
     if output.suffix != ".npy":
         raise ContractiveError(f"output {str(output)!r} must end in .npy")
     if not output.resolve().parent.is_dir():
         raise ContractiveError(f"output directory {str(output.parent)!r} does not exist")
+    if batch_size < 1:
+        raise ContractiveError(f"batch size must be ≥ 1, got {batch_size}")
     run = load_run(run_dir)
     dataset = load_dataset(data, split=split, limit=limit)
-    codes = encode_array(run.model, dataset.X)
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            np.save(fh, codes)
-
-    atomic_write(output, write)
-    click.echo(f"wrote codes of shape {codes.shape} to {output}")
+    shape = encode_to_npy(run.model, dataset.X, output, batch_size=batch_size, device=device)
+    click.echo(f"wrote codes of shape {shape} to {output}")
 
 
 @app.command()
@@ -212,10 +283,12 @@ def finetune(run_dir, data, split, limit, test_size, train_size, epochs, batch_s
         {"data": dataset.description, "n_train": n_train, "n_test": n_test, "training": config.to_dict(), **results},
     )
     click.echo(f"fine-tuned on the first {n_train} samples, tested on the last {n_test} ({epochs} epochs)")
-    for name, label in (("pretrained", f"{run.model.config.model} pretrained"), ("random_init", "random init")):
+    cfg = run.model.config
+    shape = "-".join(str(h) for h in (cfg.layers or [cfg.hidden]))
+    for name, label in (("pretrained", f"{cfg.model} {shape} pretrained"), ("random_init", "random init")):
         r = results[name]
         click.echo(
-            f"  {label:<20} test error {100 * r['test_error']:6.2f}%   train error {100 * r['train_error']:6.2f}%"
+            f"  {label:<24} test error {100 * r['test_error']:6.2f}%   train error {100 * r['train_error']:6.2f}%"
         )
 
 

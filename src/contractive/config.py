@@ -18,6 +18,7 @@ from .errors import ContractiveError
 DECODERS = ("sigmoid", "linear")
 RECONSTRUCTIONS = ("auto", "bce", "squared_error")
 OPTIMIZERS = ("adam", "sgd")
+PRECISIONS = ("32", "bf16")
 # Which training criterion (see contractive.models.Autoencoder.loss and contractive.relatives).
 MODELS = ("ae", "cae", "dae", "rcae", "caeh")
 NOISES = ("gaussian", "masking")
@@ -166,6 +167,11 @@ class ModelConfig:
             f"layers must be a list of hidden sizes ≥ 1, got {self.layers}",
         )
         self.layers = list(self.layers)
+        _check(
+            not (self.layers and self.penalty_method == "closed_form"),
+            "a stack's encoder has several layers, so penalty_method 'closed_form' cannot report its penalty; "
+            "use 'auto' (each layer is still trained with its closed form)",
+        )
         if self.layers:
             self.hidden = self.layers[-1]  # the code size of a stack is its top layer
 
@@ -194,7 +200,8 @@ class TrainConfig:
     """How to train: optimiser, batches, epochs, seed, validation and early stopping.
 
     ``patience = 0`` disables early stopping; otherwise training stops after ``patience`` epochs without a
-    lower validation loss and the best weights are restored.
+    lower validation loss and the best weights are restored. ``precision = "bf16"`` runs the forward pass
+    under bfloat16 autocast (the contractive penalty stays float32).
     """
 
     epochs: int = 50
@@ -206,8 +213,13 @@ class TrainConfig:
     seed: int = 0
     val_fraction: float = 0.1
     patience: int = 0
+    precision: str = "32"
 
     def __post_init__(self) -> None:
+        _check(
+            self.precision in PRECISIONS,
+            f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}",
+        )
         _check(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be ≥ 1, got {self.epochs}")
         _check(
             isinstance(self.batch_size, int) and self.batch_size >= 1,

@@ -11,6 +11,11 @@ A spec is one of
 
 Images stored as integers (IDX, uint8 arrays) are scaled to [0, 1]. Every problem is reported as a
 :class:`~contractive.errors.ContractiveError` naming the file and what is wrong with it.
+
+Data larger than memory: a ``.npy`` file (or an uncompressed IDX image file) bigger than
+:data:`MMAP_MIN_BYTES`, or any of them with ``mmap=True``, is not read but opened memory-mapped as a
+:class:`MappedArray`, whose rows are read (and converted to float32) only when indexed; validation then
+runs chunk by chunk, and training and encoding stream through it in batches.
 """
 
 from __future__ import annotations
@@ -29,6 +34,122 @@ SPLITS = ("auto", "train", "test")
 
 # IDX element types (third byte of the magic number) → numpy dtype, big-endian as the format says.
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+# Files at least this large are memory-mapped rather than read when ``mmap`` is left to decide.
+MMAP_MIN_BYTES = 256 * 2**20
+# Rows per chunk of whole-array passes (validation, min/max) are chosen so that one chunk holds about
+# this many bytes as float32: small against memory, large enough to amortise the per-chunk mapping.
+CHUNK_BYTES = 8 * 2**20
+
+
+class MappedArray:
+    """A (n_samples, n_features) float32 view of rows stored in a file, read only when indexed.
+
+    Every read maps the file (``np.memmap``), copies the requested rows out as float32 (scaled to
+    [0, 1] for 8-bit images) and unmaps it again, so the pages a read touched do not stay in this
+    process's resident memory: streaming through a file larger than RAM keeps the footprint at about
+    one batch.
+
+    Parameters
+    ----------
+    path : path to the file
+    dtype : numpy dtype of the stored values (any byte order)
+    shape : tuple of int
+        Stored shape, (n_samples, ...); trailing dimensions are flattened into features.
+    offset : int
+        Byte offset of the first value (the ``.npy`` or IDX header length).
+    rows : ndarray of int, optional
+        The stored rows this view exposes, in order (a subset such as a train split); all if None.
+    """
+
+    ndim = 2
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, path, dtype, shape, offset: int, rows: np.ndarray | None = None):
+        self.path, self.stored_dtype, self.stored_shape, self.offset = Path(path), np.dtype(dtype), shape, offset
+        self.n_features = math.prod(shape[1:])
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        self.divisor = 255.0 if self.stored_dtype == np.uint8 else None  # 8-bit images → [0, 1]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.stored_shape[0] if self.rows is None else self.rows.size, self.n_features)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def chunk_rows(self) -> int:
+        """Rows per chunk for whole-array passes (about :data:`CHUNK_BYTES` of float32)."""
+        return max(1, CHUNK_BYTES // (4 * max(1, self.n_features)))
+
+    def take(self, indices) -> MappedArray:
+        """A lazy view of rows ``indices`` of this view (nothing is read)."""
+        selected = np.arange(len(self))[indices] if not isinstance(indices, np.ndarray) else indices
+        base = np.asarray(selected, dtype=np.int64) if self.rows is None else self.rows[selected]
+        return MappedArray(self.path, self.stored_dtype, self.stored_shape, self.offset, base)
+
+    def __getitem__(self, key) -> np.ndarray:
+        """Rows ``key`` (int, slice or integer array) as a float32 array of shape (k, n_features)."""
+        if isinstance(key, tuple):
+            rows, *rest = key
+            return self[rows][(slice(None), *rest)]
+        if isinstance(key, (int, np.integer)):
+            return self[np.array([key])][0]
+        if isinstance(key, slice) and self.rows is None and key.step in (None, 1):
+            start, stop, _ = key.indices(len(self))
+            return self._read(slice(start, max(start, stop)))
+        positions = np.arange(len(self))[key] if isinstance(key, slice) else np.asarray(key, dtype=np.int64)
+        stored = positions if self.rows is None else self.rows[positions]
+        # Read in file order (sequential page access), then put the rows back in the order asked for.
+        order = np.argsort(stored, kind="stable")
+        out = np.empty((stored.size, self.n_features), dtype=np.float32)
+        out[order] = self._read(stored[order])
+        return out
+
+    def _read(self, stored_rows) -> np.ndarray:
+        mapped = np.memmap(self.path, dtype=self.stored_dtype, mode="r", offset=self.offset, shape=self.stored_shape)
+        try:
+            # A copy (never a view): the result must outlive the mapping and be writable.
+            block = np.array(mapped[stored_rows], dtype=np.float32, copy=True).reshape(-1, self.n_features)
+        finally:
+            del mapped  # unmap now: the touched pages leave this process's RSS
+        if self.divisor is not None:
+            block /= self.divisor  # exactly as the in-memory loader scales
+        return block
+
+    def chunks(self):
+        """Yield ``(start, rows)`` over the whole view, about :data:`CHUNK_BYTES` per chunk."""
+        step = self.chunk_rows()
+        for start in range(0, len(self), step):
+            yield start, self[start : start + step]
+
+    def min(self) -> np.float32:
+        return min(chunk.min() for _, chunk in self.chunks())
+
+    def max(self) -> np.float32:
+        return max(chunk.max() for _, chunk in self.chunks())
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        full = self[0 : len(self)] if self.rows is None else self[np.arange(len(self))]
+        return full if dtype is None else full.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"MappedArray({str(self.path)!r}, shape={self.shape}, stored_dtype={self.stored_dtype})"
+
+
+def take_rows(X, indices):
+    """``X[indices]``, lazily for a :class:`MappedArray` (train/validation splits of mapped data)."""
+    return X.take(indices) if isinstance(X, MappedArray) else X[indices]
+
+
+def iter_chunks(X, rows_per_chunk: int | None = None):
+    """Yield ``(start, float32 block)`` over the rows of an array or :class:`MappedArray`."""
+    if isinstance(X, MappedArray):
+        step = rows_per_chunk or X.chunk_rows()
+    else:
+        step = rows_per_chunk or max(1, CHUNK_BYTES // (4 * max(1, X.shape[1] if X.ndim > 1 else 1)))
+    for start in range(0, X.shape[0], step):
+        yield start, np.asarray(X[start : start + step], dtype=np.float32)
 
 
 @dataclass
@@ -51,7 +172,7 @@ class Dataset:
     description: dict[str, Any] = field(default_factory=dict)
 
 
-def load_dataset(spec: str, *, split: str = "auto", limit: int | None = None) -> Dataset:
+def load_dataset(spec: str, *, split: str = "auto", limit: int | None = None, mmap: bool | None = None) -> Dataset:
     """Load and validate a dataset from a spec (see the module docstring).
 
     Parameters
@@ -62,6 +183,9 @@ def load_dataset(spec: str, *, split: str = "auto", limit: int | None = None) ->
         For IDX directories: which files to read. ``"auto"`` takes ``train-*`` when present, else ``t10k-*``.
     limit : int, optional
         Keep only the first ``limit`` samples (quick runs and tests).
+    mmap : bool, optional
+        Memory-map ``.npy`` and uncompressed IDX files instead of reading them (``X`` is then a
+        :class:`MappedArray`). ``None`` maps files of at least :data:`MMAP_MIN_BYTES`.
     """
     if split not in SPLITS:
         raise ContractiveError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
@@ -74,9 +198,9 @@ def load_dataset(spec: str, *, split: str = "auto", limit: int | None = None) ->
         if not path.exists():
             raise ContractiveError(f"data path {spec!r} does not exist (use 'digits' or a directory/.npy/.npz/.csv)")
         if path.is_dir():
-            data = _load_idx_dir(path, split)
+            data = _load_idx_dir(path, split, mmap)
         elif path.suffix == ".npy":
-            data = _load_npy(path)
+            data = _load_npy(path, mmap)
         elif path.suffix == ".npz":
             data = _load_npz(path)
         elif path.suffix == ".csv":
@@ -87,7 +211,7 @@ def load_dataset(spec: str, *, split: str = "auto", limit: int | None = None) ->
             )
     data.description.setdefault("spec", spec)
     if limit is not None:
-        data.X = data.X[:limit]
+        data.X = take_rows(data.X, slice(0, limit)) if isinstance(data.X, MappedArray) else data.X[:limit]
         data.y = None if data.y is None else data.y[:limit]
         data.description["limit"] = limit
     validate_features(data.X, source=spec)
@@ -103,11 +227,16 @@ def validate_features(X: np.ndarray, *, source: str = "data", n_features: int | 
         raise ContractiveError(f"{source}: no data (shape {X.shape})")
     if n_features is not None and X.shape[1] != n_features:
         raise ContractiveError(f"{source}: has {X.shape[1]} features but the model expects {n_features}")
-    finite = np.isfinite(X)
-    if not finite.all():
-        rows = np.flatnonzero(~finite.all(axis=1))
+    # Chunk by chunk, so that checking a memory-mapped file never holds it (or a mask of it) in memory.
+    bad_rows, first_bad = 0, None
+    for start, chunk in iter_chunks(X):
+        bad = np.flatnonzero(~np.isfinite(chunk).all(axis=1))
+        if bad.size:
+            bad_rows += bad.size
+            first_bad = start + int(bad[0]) if first_bad is None else first_bad
+    if bad_rows:
         raise ContractiveError(
-            f"{source}: contains NaN or infinite values ({rows.size} rows affected, first at row {rows[0]})"
+            f"{source}: contains NaN or infinite values ({bad_rows} rows affected, first at row {first_bad})"
         )
     return X
 
@@ -128,7 +257,9 @@ def _image_shape(n_features: int) -> tuple[int, int] | None:
 
 def _to_float(X: np.ndarray, source: str) -> np.ndarray:
     if X.dtype == np.uint8:
-        return X.astype(np.float32) / 255.0  # 8-bit images → [0, 1]
+        scaled = X.astype(np.float32)
+        scaled /= 255.0  # 8-bit images → [0, 1], in place: one float copy, not two
+        return scaled
     if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
         raise ContractiveError(f"{source}: expected numeric data, got dtype {X.dtype}")
     return X.astype(np.float32)
@@ -153,33 +284,65 @@ def _load_digits() -> Dataset:
     )
 
 
-def _open_maybe_gzip(path: Path) -> bytes:
+def _open_maybe_gzip(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _read_idx_header(fh, path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
+    magic = fh.read(4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES:
+        raise ContractiveError(f"{path}: not an IDX file (bad magic number)")
+    ndim = magic[3]
+    dims = fh.read(4 * ndim)
+    if ndim == 0 or len(dims) < 4 * ndim:
+        raise ContractiveError(f"{path}: truncated IDX header")
+    shape = tuple(int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
+    return np.dtype(_IDX_DTYPES[magic[2]]), shape, 4 + 4 * ndim
+
+
+def read_idx(path: str | Path, *, mmap: bool = False) -> np.ndarray | MappedArray:
+    """Read one IDX file (raw or gzip), checking its header against its size.
+
+    The values are read straight into their final array (no intermediate bytes object), so the file's
+    contents are held once. With ``mmap=True`` an uncompressed file is not read at all: a
+    :class:`MappedArray` over it is returned.
+    """
+    path = Path(path)
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as fh:
-                return fh.read()
-        return path.read_bytes()
+        with _open_maybe_gzip(path) as fh:
+            dtype, shape, header = _read_idx_header(fh, path)
+            expected = header + math.prod(shape) * dtype.itemsize
+            if mmap and path.suffix != ".gz":
+                size = path.stat().st_size
+                if size != expected:
+                    what = "truncated" if size < expected else "has trailing bytes"
+                    raise ContractiveError(
+                        f"{path}: {what}: header says shape {shape} ({expected} bytes), file has {size}"
+                    )
+                return MappedArray(path, dtype, shape, header)
+            values = np.empty(shape, dtype=dtype)
+            got = header + _read_into(fh, memoryview(values).cast("B"))
+            trailing = len(fh.read(1))
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise ContractiveError(f"cannot read {path}: {exc}") from None
+    if got != expected or trailing:
+        what = "truncated" if got < expected else "has trailing bytes"
+        size = got + trailing
+        raise ContractiveError(
+            f"{path}: {what}: header says shape {shape} ({expected} bytes), file has {size}{'+' if trailing else ''}"
+        )
+    return values
 
 
-def read_idx(path: str | Path) -> np.ndarray:
-    """Read one IDX file (raw or gzip), checking its header against its size."""
-    path = Path(path)
-    raw = _open_maybe_gzip(path)
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ContractiveError(f"{path}: not an IDX file (bad magic number)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < header:
-        raise ContractiveError(f"{path}: truncated IDX header")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = header + math.prod(shape) * dtype.itemsize
-    if len(raw) != expected:
-        what = "truncated" if len(raw) < expected else "has trailing bytes"
-        raise ContractiveError(f"{path}: {what}: header says shape {shape} ({expected} bytes), file has {len(raw)}")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+def _read_into(fh, buffer: memoryview) -> int:
+    """Fill ``buffer`` from ``fh``; return the number of bytes read (short only at end of file)."""
+    filled = 0
+    while filled < len(buffer):
+        n = fh.readinto(buffer[filled:])
+        if not n:
+            break
+        filled += n
+    return filled
 
 
 def _find(directory: Path, stem: str) -> Path | None:
@@ -189,7 +352,7 @@ def _find(directory: Path, stem: str) -> Path | None:
     return None
 
 
-def _load_idx_dir(directory: Path, split: str) -> Dataset:
+def _load_idx_dir(directory: Path, split: str, mmap: bool | None = None) -> Dataset:
     prefixes = {"train": ["train"], "test": ["t10k"], "auto": ["train", "t10k"]}[split]
     for prefix in prefixes:
         images = _find(directory, f"{prefix}-images-idx3-ubyte")
@@ -198,9 +361,12 @@ def _load_idx_dir(directory: Path, split: str) -> Dataset:
     else:
         wanted = " or ".join(f"{p}-images-idx3-ubyte[.gz]" for p in prefixes)
         raise ContractiveError(f"{directory}: no IDX image file found (looked for {wanted})")
-    X = read_idx(images)
-    if X.ndim != 3:
-        raise ContractiveError(f"{images}: expected 3-D images (n, rows, cols), got shape {X.shape}")
+    if mmap is None:
+        mmap = images.suffix != ".gz" and images.stat().st_size >= MMAP_MIN_BYTES
+    X = read_idx(images, mmap=bool(mmap) and images.suffix != ".gz")
+    stored_shape = X.stored_shape if isinstance(X, MappedArray) else X.shape
+    if len(stored_shape) != 3:
+        raise ContractiveError(f"{images}: expected 3-D images (n, rows, cols), got shape {stored_shape}")
     labels_path = _find(directory, f"{prefix}-labels-idx1-ubyte")
     y = None
     if labels_path is not None:
@@ -211,6 +377,9 @@ def _load_idx_dir(directory: Path, split: str) -> Dataset:
             )
         y = y.astype(np.int64)
     files = [images.name] + ([labels_path.name] if labels_path else [])
+    if isinstance(X, MappedArray):
+        description = {"name": directory.name, "format": "idx", "split": prefix, "files": files, "mmap": True}
+        return Dataset(X, y, tuple(stored_shape[1:3]), description)
     X2, shape = _flatten(_to_float(X, str(images)), str(images))
     return Dataset(X2, y, shape, {"name": directory.name, "format": "idx", "split": prefix, "files": files})
 
@@ -222,7 +391,20 @@ def _load_array_file(path: Path, loader) -> Any:
         raise ContractiveError(f"cannot read {path}: {exc}") from None
 
 
-def _load_npy(path: Path) -> Dataset:
+def _load_npy(path: Path, mmap: bool | None = None) -> Dataset:
+    if mmap is None:
+        mmap = path.stat().st_size >= MMAP_MIN_BYTES
+    if mmap:
+        mapped = _load_array_file(path, lambda p: np.load(p, mmap_mode="r", allow_pickle=False))
+        # Row streaming needs C order; a Fortran-ordered file is read into memory as before.
+        if isinstance(mapped, np.memmap) and mapped.ndim >= 2 and mapped.flags.c_contiguous:
+            if not (np.issubdtype(mapped.dtype, np.number) or mapped.dtype == bool):
+                raise ContractiveError(f"{path}: expected numeric data, got dtype {mapped.dtype}")
+            X = MappedArray(path, mapped.dtype, mapped.shape, mapped.offset)
+            del mapped
+            image_shape = tuple(X.stored_shape[1:3]) if len(X.stored_shape) == 3 else _image_shape(X.n_features)
+            return Dataset(X, None, image_shape, {"name": path.stem, "format": "npy", "mmap": True})
+        del mapped
     X = _load_array_file(path, lambda p: np.load(p, allow_pickle=False))
     X2, shape = _flatten(_to_float(np.asarray(X), str(path)), str(path))
     return Dataset(X2, None, shape, {"name": path.stem, "format": "npy"})

@@ -105,11 +105,25 @@ def singular_values(encoder: Encoder, X: np.ndarray | Tensor, *, chunk_size: int
     Returns
     -------
     ndarray, shape (n_samples, min(H, D)), float64
-        Row b holds σ_1(x_b) ≥ σ_2(x_b) ≥ … .
+        Row b holds σ_1(x_b) ≥ σ_2(x_b) ≥ … , each accurate to about 1e-8·σ_1(x_b) in absolute terms
+        (see :func:`_singular_values_from_gram`); :func:`tangents` uses a full SVD.
     """
     X = _as_input(X, encoder)
-    out = [torch.linalg.svdvals(J.double()).cpu().numpy() for J in _jacobian_chunks(encoder, X, chunk_size)]
+    out = [_singular_values_from_gram(J.double()).cpu().numpy() for J in _jacobian_chunks(encoder, X, chunk_size)]
     return np.concatenate(out)
+
+
+def _singular_values_from_gram(J: Tensor) -> Tensor:
+    """Sorted singular values of a batch of matrices (B, H, D) as square roots of Gram eigenvalues.
+
+    σ_i² are the eigenvalues of the smaller Gram matrix (J Jᵀ or Jᵀ J). A symmetric eigensolve of that
+    m × m matrix costs several times less than an SVD of the m × n Jacobian (200 × 784 on MNIST, where the
+    SVD dominated the whole diagnosis). The price: eigenvalues are accurate to about ε·σ_1², so σ_i is
+    accurate to about ε·σ_1²/σ_i, at worst √ε·σ_1 ≈ 1.5e-8·σ_1 in float64: far below the thresholds
+    (``fraction`` × σ_1) this module counts with.
+    """
+    gram = J @ J.mT if J.shape[1] <= J.shape[2] else J.mT @ J
+    return torch.linalg.eigvalsh(gram).clamp_min(0).sqrt().flip(-1)
 
 
 def average_spectrum(spectra: np.ndarray) -> np.ndarray:

@@ -12,6 +12,8 @@ where ``reconstruction`` is summed over features. λ therefore does not depend o
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -115,9 +117,16 @@ class Autoencoder(nn.Module):
             return self._relative_loss(x, kind)
         lam = self.config.lam
         if lam > 0 or not self.training:
-            h, penalty = encode_with_penalty(
-                self.encoder, x, method=self.config.penalty_method, n_projections=self.config.n_projections
-            )
+            # The penalty (squared derivatives summed over H·D terms) is kept in float32 even under
+            # bf16 autocast: bfloat16's 8-bit mantissa would swamp it in rounding error.
+            autocasting = torch.is_autocast_enabled(x.device.type)
+            with torch.autocast(device_type=x.device.type, enabled=False) if autocasting else nullcontext():
+                h, penalty = encode_with_penalty(
+                    self.encoder,
+                    x.float() if autocasting else x,
+                    method=self.config.penalty_method,
+                    n_projections=self.config.n_projections,
+                )
             penalty = penalty.mean()
         else:
             h, penalty = self.encode(x), torch.full((), float("nan"))

@@ -66,35 +66,36 @@ class ReconstructionFunction(nn.Module):
     """r(x) = decode(encode(x)) of an autoencoder as a module, for ‖J_r(x)‖²_F.
 
     The output is the reconstruction in data space (after the decoder's sigmoid, if any), not the logits
-    the BCE loss uses: the DAE↔RCAE link concerns r itself. The autoencoder is held in a tuple so its
-    parameters are not registered a second time; the penalty still calls the live model.
+    the BCE loss uses: the DAE↔RCAE link concerns r itself. The wrapper registers the autoencoder, so the
+    penalty sees (and trains) its live parameters; it is built per call and never stored on the model,
+    so the weights are not registered twice anywhere.
     """
 
     def __init__(self, autoencoder: nn.Module):
         super().__init__()
-        self._autoencoder = (autoencoder,)
+        self.autoencoder = autoencoder
 
     def forward(self, x: Tensor) -> Tensor:
-        model = self._autoencoder[0]
-        return model.decode(model.encode(x))
+        return self.autoencoder.decode(self.autoencoder.encode(x))
 
 
 class _JacobianDifference(nn.Module):
-    """u ↦ f(x + u) − f(x̃ + u), whose Jacobian at u = 0 is J_f(x) − J_f(x̃), sample by sample.
+    """w_b = (u_b, x_b, x̃_b) ↦ f(x_b + u_b) − f(x̃_b + u_b), with x and x̃ detached.
 
-    This turns ‖J_f(x) − J_f(x̃)‖²_F into the squared Jacobian norm of one function of a batch, so any
-    general method of :func:`contractive.penalty.jacobian_frobenius_sq` applies (exact or projected).
-    Sample b of the output depends only on u_b, so per-sample Jacobians still never cross samples.
+    Its Jacobian with respect to w_b is [J_f(x_b) − J_f(x̃_b), 0, 0]: the derivative in u is the difference
+    of the two Jacobians and x, x̃ are constants (detached), so ‖J_g(w_b)‖²_F = ‖J_f(x_b) − J_f(x̃_b)‖²_F
+    and any general method of :func:`contractive.penalty.jacobian_frobenius_sq` applies (exact, or
+    projected, whose probes on the constant parts contribute exactly 0). The points travel inside the
+    input so that methods which vmap over samples see each sample's own x_b and x̃_b.
     """
 
-    def __init__(self, encoder: nn.Module, x: Tensor, x_tilde: Tensor):
+    def __init__(self, encoder: nn.Module):
         super().__init__()
-        self._encoder = (encoder,)
-        self.x, self.x_tilde = x, x_tilde
+        self.encoder = encoder
 
-    def forward(self, u: Tensor) -> Tensor:
-        encoder = self._encoder[0]
-        return encoder(self.x + u) - encoder(self.x_tilde + u)
+    def forward(self, w: Tensor) -> Tensor:
+        u, x, x_tilde = w.unbind(dim=1)
+        return self.encoder(x.detach() + u) - self.encoder(x_tilde.detach() + u)
 
 
 def jacobian_difference_sq(
@@ -132,8 +133,8 @@ def jacobian_difference_sq(
     by the clean and every corrupted pass. Gradients flow through s, s̃ and W to the live parameters.
 
     General path. The difference is the Jacobian at u = 0 of u ↦ f(x + u) − f(x̃ + u), so its squared
-    norm is one call of :func:`~contractive.penalty.jacobian_frobenius_sq` on that function, with the K
-    copies flattened into the batch.
+    norm is one call of :func:`~contractive.penalty.jacobian_frobenius_sq` on that function (see
+    ``_JacobianDifference``), with the K copies flattened into the batch.
     """
     if x_tilde.dim() != x.dim() + 1 or x_tilde.shape[1:] != x.shape:
         raise ContractiveError(f"x_tilde must have shape (K, *{tuple(x.shape)}), got {tuple(x_tilde.shape)}")
@@ -151,10 +152,9 @@ def jacobian_difference_sq(
         return (slope.unsqueeze(0) - slope_tilde).pow(2) @ row_norms_sq
     flat_x = x.unsqueeze(0).expand_as(x_tilde).reshape(-1, *x.shape[1:])
     flat_tilde = x_tilde.reshape(-1, *x.shape[1:])
-    difference = _JacobianDifference(encoder, flat_x, flat_tilde)
-    general = "auto" if method == "closed_form" else method
+    points = torch.stack([torch.zeros_like(flat_x), flat_x, flat_tilde], dim=1)  # (K·B, 3, *input_shape)
     values = jacobian_frobenius_sq(
-        difference, torch.zeros_like(flat_x), method=general, n_projections=n_projections, generator=generator
+        _JacobianDifference(encoder), points, method=method, n_projections=n_projections, generator=generator
     )
     return values.reshape(n_copies, x.shape[0])
 
@@ -232,9 +232,8 @@ def reconstruction_jacobian_sq(
             d_sq = (r * (1 - r)).pow(2)  # ψ' of the sigmoid output, squared: (B, D)
             decoder_gram = torch.einsum("bi,ik,il->bkl", d_sq, decoder_weight, decoder_weight)
         return torch.einsum("bk,bkl,bl->b", s, decoder_gram * gram_encoder, s)
-    general = "auto" if method == "closed_form" else method
     return jacobian_frobenius_sq(
-        ReconstructionFunction(autoencoder), x, method=general, n_projections=n_projections, generator=generator
+        ReconstructionFunction(autoencoder), x, method=method, n_projections=n_projections, generator=generator
     )
 
 

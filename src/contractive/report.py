@@ -20,7 +20,7 @@ import torch
 
 from . import checkpoint, plots
 from .checkpoint import Run, load_run
-from .diagnostics import DEFAULT_EPS, DEFAULT_FRACTION, DEFAULT_RADII, Diagnostics, diagnose, tangents
+from .diagnostics import DEFAULT_EPS, DEFAULT_FRACTION, DEFAULT_RADII, Diagnostics, average_spectrum, diagnose, tangents
 from .errors import ContractiveError
 
 INDEX = "index.html"
@@ -142,7 +142,9 @@ def _run_figures(run: Run, X: np.ndarray | None, figure_dir: Path, stem: str, n_
             X[:10], X_hat, shape, figure_dir / f"{stem}_reconstructions.png"
         )
         points = X[:n_points]
-        k = min(k, run.model.config.hidden, run.model.config.n_features)
+        with torch.no_grad():  # the code width, whatever the architecture (a stack's is its last layer's)
+            width = run.model.encoder(torch.as_tensor(points[:1], dtype=torch.float32)).shape[1]
+        k = min(k, width, run.model.config.n_features)
         found = tangents(run.model.encoder, points, k)
         figures["tangents"] = plots.tangents(
             points, found.vectors, shape, figure_dir / f"{stem}_tangents.png", singular_values=found.singular_values
@@ -156,7 +158,7 @@ def _overlay_figures(entries: list[_Entry], figure_dir: Path, fraction: float, e
         return {}
     figures = {
         "Jacobian spectrum": plots.spectrum(
-            {e.label: e.diagnostics.spectra.mean(axis=0) for e in measured},
+            {e.label: average_spectrum(e.diagnostics.spectra) for e in measured},
             figure_dir / "spectrum.png",
             fraction=fraction,
         ),

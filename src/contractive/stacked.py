@@ -124,8 +124,9 @@ def pretrain(
     Returns
     -------
     FitResult
-        ``history`` concatenates the layers' epochs, each row tagged with ``layer`` (0-based); when
-        ``run_dir`` is given the whole stack is checkpointed after every layer.
+        ``history`` concatenates the layers' epochs, numbered through the stack, each row tagged with
+        ``layer`` (0-based) and ``layer_epoch``; ``best_epoch`` is the top layer's, in that numbering.
+        When ``run_dir`` is given the whole stack is checkpointed after every layer.
     """
     from . import checkpoint
 
@@ -135,8 +136,12 @@ def pretrain(
     started = time.perf_counter()
     for k, layer in enumerate(stack.layers):
         result = fit(layer, X, V, config, progress=progress)
-        combined.history += [{"layer": k, **row} for row in result.history]
-        combined.best_epoch = result.best_epoch
+        offset = len(combined.history)
+        # Epochs are numbered through the whole stack so that curves and counts read left to right.
+        combined.history += [
+            {**row, "epoch": offset + row["epoch"], "layer": k, "layer_epoch": row["epoch"]} for row in result.history
+        ]
+        combined.best_epoch = None if result.best_epoch is None else offset + result.best_epoch
         combined.stopped_early |= result.stopped_early
         if run_dir is not None:
             checkpoint.save_weights(run_dir / checkpoint.WEIGHTS, stack)

@@ -20,6 +20,8 @@ from torch import Tensor, nn
 
 from . import checkpoint
 from .config import TrainConfig
+from .data import MappedArray
+from .distributed import Context, autocast, check_precision, resolve_device, wrap
 from .errors import ContractiveError
 from .penalty import encode_with_penalty
 
@@ -36,28 +38,68 @@ def as_tensor(X: np.ndarray | Tensor, device: str | torch.device = "cpu") -> Ten
     return torch.as_tensor(np.asarray(X, dtype=np.float32) if not isinstance(X, Tensor) else X).to(device)
 
 
+class RowReader:
+    """Batches of rows on ``device``: from one in-memory tensor, or read from a memory-mapped file.
+
+    In-memory data (arrays, tensors) is converted once; a :class:`~contractive.data.MappedArray` is read
+    batch by batch, so training and evaluation stream data that does not fit in memory.
+    """
+
+    def __init__(self, X, device: torch.device):
+        self.device = device
+        self.mapped = X if isinstance(X, MappedArray) else None
+        # In-memory data goes to the device once; mapped data batch by batch.
+        self.tensor = None if self.mapped is not None else as_tensor(X, device)
+        self.n_rows = len(X)
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    def __call__(self, indices: Tensor) -> Tensor:
+        """Rows ``indices`` (a 1-D integer tensor), shape (len(indices), n_features), float32."""
+        if self.tensor is not None:
+            return self.tensor[indices.to(self.tensor.device)]
+        block = torch.from_numpy(self.mapped[indices.cpu().numpy()])
+        return block.to(self.device, non_blocking=True)
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, X: Tensor, *, batch_size: int = 1024) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, X: np.ndarray | Tensor, *, batch_size: int = 1024, context: Context | None = None
+) -> dict[str, float]:
     """Mean loss terms and diagnostics over ``X`` in eval mode.
 
     Returns ``loss``, ``reconstruction`` (the training criterion), ``penalty`` (mean ‖J_f‖²_F),
     ``reconstruction_error`` (mean over samples of ‖x − x̂‖², summed over features: comparable across
     models whatever their loss) and ``jacobian_norm`` (mean over samples of ‖J_f(x)‖_F).
+
+    ``X`` may be an array, a tensor or a :class:`~contractive.data.MappedArray` (streamed in batches).
+    Under a distributed ``context`` each rank evaluates every ``world_size``-th sample and the sums are
+    all-reduced, so every rank returns the same numbers.
     """
+    device = next(model.parameters()).device
+    context = context or Context(device=device)
     was_training = model.training
     model.eval()
-    totals: dict[str, float] = {}
-    n = X.shape[0]
-    for start in range(0, n, batch_size):
-        xb = X[start : start + batch_size]
-        terms = {k: float(v) * xb.shape[0] for k, v in model.loss(xb).items()}
+    reader = RowReader(X, device)
+    n = len(reader)
+    mine = torch.arange(context.rank, n, context.world_size)
+    weight = 1.0
+    if mine.numel() == 0:  # fewer samples than ranks: take part in the all-reduce with nothing
+        mine, weight = torch.zeros(1, dtype=torch.long), 0.0
+    totals: dict[str, Tensor] = {}
+    for start in range(0, mine.numel(), batch_size):
+        xb = reader(mine[start : start + batch_size])
+        terms = {k: v.double() * xb.shape[0] for k, v in model.loss(xb).items()}
         h, penalty = encode_with_penalty(model.encoder, xb, method=model.config.penalty_method)
-        terms["reconstruction_error"] = float((model.decode(h) - xb).pow(2).sum(dim=1).sum())
-        terms["jacobian_norm"] = float(penalty.clamp_min(0).sqrt().sum())
+        terms["reconstruction_error"] = (model.decode(h) - xb).pow(2).sum(dim=1).sum().double()
+        terms["jacobian_norm"] = penalty.clamp_min(0).sqrt().sum().double()
         for key, value in terms.items():
-            totals[key] = totals.get(key, 0.0) + value
+            totals[key] = totals.get(key, 0.0) + value * weight
     model.train(was_training)
-    return {k: v / n for k, v in totals.items()}
+    keys = sorted(totals)
+    summed = context.all_reduce_sum(torch.stack([totals[k] for k in keys]))
+    return {k: float(v) / n for k, v in zip(keys, summed.tolist(), strict=True)}
 
 
 @dataclass
@@ -69,6 +111,7 @@ class FitResult:
     stopped_early: bool = False
     interrupted: bool = False
     train_time_s: float = 0.0
+    resumed_from_epoch: int | None = None
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -86,6 +129,9 @@ def fit(
     run_dir: str | Path | None = None,
     progress: bool = True,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    device: str | torch.device | None = "auto",
+    context: Context | None = None,
+    resume: bool = False,
 ) -> FitResult:
     """Train ``model`` in place.
 
@@ -94,15 +140,26 @@ def fit(
     model : nn.Module
         Has ``loss(x) -> dict`` with a ``"loss"`` entry (e.g. :class:`contractive.Autoencoder`).
     X_train : array of shape (n_samples, n_features)
+        An array, tensor, or :class:`~contractive.data.MappedArray` (read batch by batch).
     X_val : array of shape (n_val, n_features), optional
         Validation data for ``val_*`` metrics and early stopping.
     config : TrainConfig
     run_dir : path, optional
-        If given, ``model.safetensors`` and ``metrics.jsonl`` are rewritten atomically after every epoch.
+        If given, ``model.safetensors``, ``metrics.jsonl`` and a resumable checkpoint
+        (``checkpoints/epoch-N/``) are rewritten atomically after every epoch.
     progress : bool
         Show a progress bar with the running loss, reconstruction and penalty.
     on_epoch_end : callable, optional
         Called with each epoch's metrics row.
+    device : {"auto", "cpu", "cuda", "mps"} or torch.device
+        Where to train (``"auto"``: CUDA when available). The model is moved there. Ignored when
+        ``context`` is given.
+    context : contractive.distributed.Context, optional
+        The process's place in a torchrun job (:func:`contractive.distributed.setup`). Each step's
+        global batch of ``config.batch_size`` samples is split across ranks, gradients are averaged by
+        DistributedDataParallel, and rank 0 alone writes files.
+    resume : bool
+        Continue from the newest checkpoint in ``run_dir`` (weights, optimizer, RNG states, history).
 
     Returns
     -------
@@ -110,84 +167,174 @@ def fit(
         On Ctrl-C the model is restored to the last completed epoch and ``interrupted`` is True.
     """
     config = config or TrainConfig()
-    X = as_tensor(X_train)
-    V = as_tensor(X_val) if X_val is not None and len(X_val) else None
-    if X.shape[0] == 0:
+    context = context or Context(device=resolve_device(device))
+    check_precision(config.precision, context.device)
+    if config.batch_size % context.world_size:
+        raise ContractiveError(
+            f"batch size {config.batch_size} is the global batch and must be divisible by the number of "
+            f"processes ({context.world_size})"
+        )
+    if resume and run_dir is None:
+        raise ContractiveError("resume needs the run directory to resume from")
+    reader = RowReader(X_train, context.device)
+    val_reader = X_val if X_val is not None and len(X_val) else None
+    if len(reader) == 0:
         raise ContractiveError("no training data")
+    model.to(context.device)
     optimizer = make_optimizer(model, config)
     generator = torch.Generator().manual_seed(config.seed)
     result = FitResult()
-    best_loss, best_state = math.inf, None
+    loop = _LoopState(patience_left=config.patience)
+    if resume:
+        saved = checkpoint.load_training_checkpoint(run_dir, model)
+        loop = _restore(saved, optimizer, generator, result)
+    module = wrap(model, context)
     last_state = copy.deepcopy(model.state_dict())
-    patience_left = config.patience
     started = time.perf_counter()
-    bar = _ProgressBar(enabled=progress, total_epochs=config.epochs, steps=math.ceil(X.shape[0] / config.batch_size))
+    steps = math.ceil(len(reader) / config.batch_size)
+    bar = _ProgressBar(enabled=progress and context.is_main, total_epochs=config.epochs, steps=steps)
     try:
         with bar:
-            for epoch in range(1, config.epochs + 1):
+            for epoch in range(loop.epoch + 1, config.epochs + 1):
                 epoch_start = time.perf_counter()
-                train_terms = _train_one_epoch(model, X, optimizer, config.batch_size, generator, bar, epoch)
+                train_terms = _train_one_epoch(module, reader, optimizer, config, generator, bar, epoch, context)
                 row: dict[str, Any] = {"epoch": epoch, **{f"train_{k}": v for k, v in train_terms.items()}}
-                if V is not None:
-                    row.update({f"val_{k}": v for k, v in evaluate(model, V).items()})
+                if val_reader is not None:
+                    row.update({f"val_{k}": v for k, v in evaluate(model, val_reader, context=context).items()})
                 row["epoch_time_s"] = time.perf_counter() - epoch_start
                 result.history.append(row)
+                loop.epoch = epoch
                 last_state = copy.deepcopy(model.state_dict())
                 monitored = row.get("val_loss", row["train_loss"])
-                if monitored < best_loss:
-                    best_loss, result.best_epoch = monitored, epoch
-                    best_state = last_state if config.patience else None
-                    patience_left = config.patience
+                if monitored < loop.best_loss:
+                    loop.best_loss, result.best_epoch = monitored, epoch
+                    loop.best_state = last_state if config.patience else None
+                    loop.patience_left = config.patience
                 else:
-                    patience_left -= 1
+                    loop.patience_left -= 1
                 if run_dir is not None:
-                    checkpoint.save_weights(Path(run_dir) / checkpoint.WEIGHTS, model)
-                    checkpoint.write_jsonl(Path(run_dir) / checkpoint.HISTORY, result.history)
+                    state = _snapshot(loop, optimizer, generator, result)
+                    _main_writes(context, _write_epoch, Path(run_dir), model, result.history, epoch, state)
                 bar.epoch_done(row)
                 if on_epoch_end is not None:
                     on_epoch_end(row)
-                if config.patience and patience_left <= 0:
+                if config.patience and loop.patience_left <= 0:
                     result.stopped_early = True
                     break
     except KeyboardInterrupt:
         # The half-finished epoch is discarded: memory matches the last checkpoint on disk.
         model.load_state_dict(last_state)
         result.interrupted = True
-    if config.patience and best_state is not None:
-        model.load_state_dict(best_state)
+    if config.patience and loop.best_state is not None:
+        model.load_state_dict(loop.best_state)
         if run_dir is not None:
-            checkpoint.save_weights(Path(run_dir) / checkpoint.WEIGHTS, model)
+            _main_writes(context, checkpoint.save_weights, Path(run_dir) / checkpoint.WEIGHTS, model)
     result.train_time_s = time.perf_counter() - started
     return result
 
 
+@dataclass
+class _LoopState:
+    """Early-stopping bookkeeping that a resumed run must continue from."""
+
+    epoch: int = 0
+    best_loss: float = math.inf
+    best_state: dict[str, Tensor] | None = None
+    patience_left: int = 0
+
+
+def _snapshot(loop: _LoopState, optimizer, generator: torch.Generator, result: FitResult) -> dict[str, Any]:
+    """Everything besides the weights that continuing bit-identically needs (weights_only-loadable)."""
+    state = {
+        "optimizer": optimizer.state_dict(),
+        "shuffle_generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "history": result.history,
+        "best_epoch": result.best_epoch,
+        "best_loss": loop.best_loss,
+        "patience_left": loop.patience_left,
+        "best_state": loop.best_state,
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore(saved: dict[str, Any], optimizer, generator: torch.Generator, result: FitResult) -> _LoopState:
+    optimizer.load_state_dict(saved["optimizer"])
+    generator.set_state(saved["shuffle_generator"])
+    torch.set_rng_state(saved["torch_rng"])
+    if "cuda_rng" in saved and torch.cuda.is_available() and len(saved["cuda_rng"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(saved["cuda_rng"])
+    result.history = list(saved["history"])
+    result.best_epoch = saved["best_epoch"]
+    result.resumed_from_epoch = saved["epoch"]
+    return _LoopState(
+        epoch=saved["epoch"],
+        best_loss=saved["best_loss"],
+        best_state=saved["best_state"],
+        patience_left=saved["patience_left"],
+    )
+
+
+def _write_epoch(run_dir: Path, model: nn.Module, history, epoch: int, state: dict[str, Any]) -> None:
+    checkpoint.save_weights(run_dir / checkpoint.WEIGHTS, model)
+    checkpoint.write_jsonl(run_dir / checkpoint.HISTORY, history)
+    checkpoint.save_training_checkpoint(run_dir, epoch, model, state)
+
+
+def _main_writes(context: Context, write: Callable[..., None], *args) -> None:
+    """Rank 0 calls ``write(*args)`` while the other ranks wait, so no rank runs ahead of a half-written file."""
+    context.barrier()
+    if context.is_main:
+        write(*args)
+    context.barrier()
+
+
 def _train_one_epoch(
-    model: nn.Module,
-    X: Tensor,
+    module: nn.Module,
+    reader: RowReader,
     optimizer: torch.optim.Optimizer,
-    batch_size: int,
+    config: TrainConfig,
     generator: torch.Generator,
     bar,
     epoch: int,
+    context: Context,
 ) -> dict[str, float]:
-    model.train()
-    order = torch.randperm(X.shape[0], generator=generator)
+    module.train()
+    n, batch_size = len(reader), config.batch_size
+    # Every rank draws the same permutation (same seeded generator), then takes its share of each batch.
+    order = torch.randperm(n, generator=generator)
     sums: dict[str, Tensor] = {}
-    for step, start in enumerate(range(0, X.shape[0], batch_size), 1):
-        xb = X[order[start : start + batch_size]]
-        terms = model.loss(xb)
+    seen = 0
+    for step, start in enumerate(range(0, n, batch_size), 1):
+        batch = order[start : start + batch_size]
+        mine, share = context.shard(batch), 1.0
+        if context.distributed:
+            # DDP averages gradients over ranks; weighting each rank's mean by its share of the global
+            # batch makes that average the single-process batch mean even for an uneven last batch.
+            share = mine.numel() * context.world_size / batch.numel()
+            if mine.numel() == 0:
+                mine, share = batch[:1], 0.0  # still join the gradient all-reduce, contributing nothing
+        xb = reader(mine)
+        with autocast(context.device, config.precision):
+            terms = module(xb)
         loss = terms["loss"]
         if not torch.isfinite(loss):
             raise ContractiveError(
                 f"training diverged at epoch {epoch}, step {step}: loss is {loss.item()}; lower the learning rate or λ"
             )
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * share if context.distributed else loss).backward()
         optimizer.step()
+        counted = xb.shape[0] if share else 0
         for key, value in terms.items():
-            sums[key] = sums.get(key, 0.0) + value.detach() * xb.shape[0]
-        bar.step(epoch, step, {k: float(v) / min(start + batch_size, X.shape[0]) for k, v in sums.items()})
-    return {k: float(v) / X.shape[0] for k, v in sums.items()}
+            sums[key] = sums.get(key, 0.0) + value.detach().float() * counted
+        seen += batch.numel()
+        bar.step(epoch, step, {k: float(v) * context.world_size / seen for k, v in sums.items()})
+    keys = sorted(sums)
+    totals = context.all_reduce_sum(torch.stack([torch.as_tensor(sums[k]).double() for k in keys]))
+    return {k: float(v) / n for k, v in zip(keys, totals.tolist(), strict=True)}
 
 
 class _ProgressBar:
