@@ -55,13 +55,31 @@ def app() -> None:
     default=None,
     help="Run directory [default: runs/cae-<data>-<time>].",
 )
-@click.option("--hidden", type=int, default=64, help="Code size H.")
+@click.option("--hidden", type=int, default=None, help="Code size H [default: 64, or the last of --encoder-layers].")
+@click.option(
+    "--encoder-layers",
+    default=None,
+    help="Deep encoder: comma-separated layer sizes from the input to the code, e.g. 500,200.",
+)
+@click.option(
+    "--arch",
+    type=click.Choice(["dense", "conv"]),
+    default="dense",
+    help="dense, or conv: 3×3 stride-2 convolutions (--conv-channels) before the dense layers, for image data.",
+)
+@click.option("--conv-channels", default=None, help="Channels of the convolutions for --arch conv [default: 16,32].")
 @click.option("--lam", type=float, default=DEFAULT_LAM, help="Penalty weight λ (per sample; see README).")
 @click.option("--activation", default="sigmoid", help="Encoder activation: sigmoid, tanh, softplus, relu.")
 @click.option("--decoder", default="sigmoid", help="Decoder output: sigmoid or linear.")
 @click.option("--tied/--untied", default=True, help="Decoder uses Wᵀ (Rifai et al. 2011).")
 @click.option("--reconstruction", default="auto", help="auto (BCE for [0,1] data), bce or squared_error.")
-@click.option("--penalty-method", default="auto", help="How to compute ‖J_f‖²_F.")
+@click.option(
+    "--penalty-method",
+    type=click.Choice(["auto", "closed_form", "exact", "projection"]),
+    default="auto",
+    help="How to compute ‖J_f‖²_F in training: auto picks closed form, else exact if affordable, else projection.",
+)
+@click.option("--n-projections", type=int, default=1, help="Random probes per sample for --penalty-method projection.")
 @click.option("--epochs", type=int, default=50, help="Passes over the training data.")
 @click.option("--batch-size", type=int, default=64, help="Samples per step.")
 @click.option("--lr", type=float, default=1e-2, help="Learning rate.")
@@ -98,10 +116,10 @@ def app() -> None:
     help="Continue the interrupted run in this directory from its last checkpoint, with its config.json.",
 )
 @click.pass_context
-def train(ctx, data, out, hidden, lam, activation, decoder, tied, reconstruction, penalty_method, epochs, batch_size,
-          lr, optimizer, weight_decay, seed, val_fraction, patience, split, limit, force, progress,
-          model_kind, penalty_on, noise, sigma, mask_prob, gamma, n_corruptions, layers, device,
-          precision, resume) -> None:  # fmt: skip
+def train(ctx, data, out, hidden, encoder_layers, arch, conv_channels, lam, activation, decoder, tied, reconstruction,
+          penalty_method, n_projections, epochs, batch_size, lr, optimizer, weight_decay, seed, val_fraction, patience,
+          split, limit, force, progress, model_kind, penalty_on, noise, sigma, mask_prob, gamma, n_corruptions, layers,
+          device, precision, resume) -> None:  # fmt: skip
     """Train a contractive autoencoder (or a relative, or a stack) and write a run directory.
 
     Runs under torchrun as is (``torchrun --nproc_per_node=N -m contractive train ...``): --batch-size
@@ -122,9 +140,12 @@ def train(ctx, data, out, hidden, lam, activation, decoder, tied, reconstruction
             seed=seed, val_fraction=val_fraction, patience=patience, precision=precision,
         )  # fmt: skip
         dataset = load_dataset(data, split=split, limit=limit)
+        image_shape = list(dataset.image_shape) if arch == "conv" and dataset.image_shape else None
         model_config = ModelConfig(
             n_features=dataset.X.shape[1], hidden=hidden, activation=activation, decoder=decoder, tied=tied,
-            lam=lam, reconstruction=reconstruction, penalty_method=penalty_method,
+            lam=lam, reconstruction=reconstruction, penalty_method=penalty_method, n_projections=n_projections,
+            encoder_layers=_int_list(encoder_layers, "--encoder-layers", "500,200"), arch=arch,
+            image_shape=image_shape, conv_channels=_int_list(conv_channels, "--conv-channels", "16,32"),
             **_relative_options(model_kind, penalty_on, noise, sigma, mask_prob, gamma, n_corruptions, layers, hidden),
         )  # fmt: skip
     with session(device) as context:
@@ -170,6 +191,8 @@ def _reject_resume_conflicts(ctx, run_dir: Path, spec: dict, model_config: Model
         option = "--" + name.replace("_", "-")
         if name in ("out", "force"):
             raise ContractiveError(f"{option} cannot be combined with --resume (the run continues in {run_dir})")
+        if name in ("layers", "encoder_layers", "conv_channels"):
+            value = _int_list(value, option, "500,200")
         if name in stored and value != stored[name] and not (name == "reconstruction" and value == "auto"):
             raise ContractiveError(
                 f"{option} {value} conflicts with the run being resumed ({name} = {stored[name]!r} in "
@@ -284,7 +307,7 @@ def finetune(run_dir, data, split, limit, test_size, train_size, epochs, batch_s
     )
     click.echo(f"fine-tuned on the first {n_train} samples, tested on the last {n_test} ({epochs} epochs)")
     cfg = run.model.config
-    shape = "-".join(str(h) for h in (cfg.layers or [cfg.hidden]))
+    shape = "-".join(str(h) for h in (cfg.layers or cfg.encoder_layers or [cfg.hidden]))
     for name, label in (("pretrained", f"{cfg.model} {shape} pretrained"), ("random_init", "random init")):
         r = results[name]
         click.echo(
@@ -442,6 +465,16 @@ def benchmark(data, quick, out, force, **sizes) -> None:
     command = " ".join(shlex.quote(w) for w in words)
     results = run_benchmark(data, config, out, command=command, log=lambda line: click.echo(line, err=True))
     click.echo(format_table(results["rows"]))
+
+
+def _int_list(text: str | None, option: str, example: str) -> list[int] | None:
+    """Parse a comma-separated list of integers such as ``500,200``."""
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ContractiveError(f"{option} must be comma-separated integers such as {example}, got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,8 +14,13 @@ from typing import Any
 
 from .activations import ACTIVATION_NAMES
 from .errors import ContractiveError
+from .penalty import METHODS as PENALTY_METHODS
 
 DECODERS = ("sigmoid", "linear")
+ARCHS = ("dense", "conv")
+DEFAULT_HIDDEN = 64
+# Channels of the default convolutional encoder: two 3×3 stride-2 convolutions (28×28 → 14×14 → 7×7).
+DEFAULT_CONV_CHANNELS = (16, 32)
 RECONSTRUCTIONS = ("auto", "bce", "squared_error")
 OPTIMIZERS = ("adam", "sgd")
 PRECISIONS = ("32", "bf16")
@@ -44,10 +49,10 @@ class ModelConfig:
     ----------
     n_features : int
         Input dimension D (data are flattened to (n_samples, D)).
-    hidden : int
-        Code dimension H.
+    hidden : int, optional
+        Code dimension H. Default: the last of ``encoder_layers``, else 64.
     activation : str
-        Encoder nonlinearity φ in h = φ(W x + b).
+        Encoder nonlinearity φ in h = φ(W x + b), used after every encoder layer.
     decoder : {"sigmoid", "linear"}
         Output nonlinearity of the decoder.
     tied : bool
@@ -57,10 +62,11 @@ class ModelConfig:
     reconstruction : {"auto", "bce", "squared_error"}
         Per-sample reconstruction loss, summed over features. ``"auto"`` is resolved by
         :meth:`resolve_reconstruction` from the decoder and the data range before training.
-    penalty_method : str
-        Passed to :func:`contractive.jacobian_frobenius_sq`.
+    penalty_method : {"auto", "closed_form", "exact", "projection"}
+        Passed to :func:`contractive.jacobian_frobenius_sq` during training (evaluation uses ``"auto"``,
+        which is exact wherever that is affordable, so validation metrics carry no projection noise).
     n_projections : int
-        Probes for stochastic penalty methods.
+        Probes per sample for the ``"projection"`` method.
     model : {"ae", "cae", "dae", "rcae", "caeh"}
         Training criterion: plain AE; CAE (λ‖J_f(x)‖²_F); denoising AE (reconstruct x from a corrupted
         x̃); reconstruction-contractive AE (λ‖J_r(x)‖²_F with r = g∘f); CAE+H (the CAE plus
@@ -83,10 +89,23 @@ class ModelConfig:
     layers : list of int
         Hidden sizes of a stacked autoencoder, bottom to top (greedy layer-wise pretraining, see
         :mod:`contractive.stacked`). Empty for a single layer; when given, ``hidden`` is the top size.
+    encoder_layers : list of int, optional
+        Sizes of the dense encoder layers from the input (or, for ``arch="conv"``, from the convolutional
+        features) to the code, e.g. ``[500, 200]`` for a deep CAE 784→500→200; the last is the code size
+        ``hidden``. The penalty is on the Jacobian of the whole encoder; the decoder mirrors it.
+        Default: one layer of ``hidden`` units.
+    arch : {"dense", "conv"}
+        ``"conv"`` puts 3×3 stride-2 convolutions (``conv_channels``) before the dense layers; data stay
+        flattened and are reshaped to ``image_shape`` inside the model.
+    image_shape : list of int, optional
+        ``[height, width]`` or ``[channels, height, width]`` of each sample, for ``arch="conv"``.
+        Default there: a square single-channel image (e.g. 28×28 for 784 features).
+    conv_channels : list of int, optional
+        Output channels of the convolutions (``arch="conv"`` only). Default: ``[16, 32]``.
     """
 
     n_features: int
-    hidden: int = 64
+    hidden: int | None = None
     activation: str = "sigmoid"
     decoder: str = "sigmoid"
     tied: bool = True
@@ -102,13 +121,51 @@ class ModelConfig:
     gamma: float = 1.0
     n_corruptions: int = 4
     layers: list[int] = dataclasses.field(default_factory=list)
+    encoder_layers: list[int] | None = None
+    arch: str = "dense"
+    image_shape: list[int] | None = None
+    conv_channels: list[int] | None = None
 
     def __post_init__(self) -> None:
         _check(
             isinstance(self.n_features, int) and self.n_features >= 1,
             f"n_features must be ≥ 1, got {self.n_features}",
         )
+        self.encoder_layers = _int_list(self.encoder_layers, "encoder_layers", "each encoder layer size")
+        if self.hidden is None:
+            self.hidden = self.encoder_layers[-1] if self.encoder_layers else DEFAULT_HIDDEN
         _check(isinstance(self.hidden, int) and self.hidden >= 1, f"hidden size must be ≥ 1, got {self.hidden}")
+        if self.encoder_layers:
+            _check(
+                self.encoder_layers[-1] == self.hidden,
+                f"hidden ({self.hidden}) must equal the last of encoder_layers {self.encoder_layers}: both are the code size",
+            )
+        _check(self.arch in ARCHS, f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        self.image_shape = _int_list(self.image_shape, "image_shape", "each image dimension")
+        if self.image_shape is not None:
+            _check(
+                len(self.image_shape) in (2, 3),
+                f"image_shape must be [height, width] or [channels, height, width], got {self.image_shape}",
+            )
+            _check(
+                math.prod(self.image_shape) == self.n_features,
+                f"image_shape {self.image_shape} has {math.prod(self.image_shape)} values per sample, "
+                f"but n_features is {self.n_features}",
+            )
+        self.conv_channels = _int_list(self.conv_channels, "conv_channels", "each channel count")
+        if self.arch == "conv":
+            if self.image_shape is None:
+                side = math.isqrt(self.n_features)
+                _check(
+                    side * side == self.n_features,
+                    f"arch 'conv' needs the image shape of the samples: {self.n_features} features are not a square "
+                    "image, so give image_shape",
+                )
+                self.image_shape = [side, side]
+            if self.conv_channels is None:
+                self.conv_channels = list(DEFAULT_CONV_CHANNELS)
+        _check(self.conv_channels is None or self.arch == "conv", "conv_channels only applies to arch 'conv'")
+        _check(self.image_shape is None or self.arch == "conv", "image_shape only applies to arch 'conv'")
         _check(
             self.activation in ACTIVATION_NAMES,
             f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATION_NAMES)}",
@@ -126,7 +183,21 @@ class ModelConfig:
             self.reconstruction != "bce" or self.decoder == "sigmoid",
             "reconstruction 'bce' needs decoder 'sigmoid'",
         )
-        _check(self.n_projections >= 1, f"n_projections must be ≥ 1, got {self.n_projections}")
+        _check(
+            self.penalty_method in PENALTY_METHODS,
+            f"unknown penalty method {self.penalty_method!r}; choose one of {', '.join(PENALTY_METHODS)}",
+        )
+        _check(
+            self.penalty_method != "closed_form" or (self.arch == "dense" and len(self.encoder_layers or [1]) == 1),
+            "penalty method 'closed_form' needs a single dense layer; use 'exact', 'projection' or 'auto' for "
+            "deep and convolutional encoders",
+        )
+        _check(
+            isinstance(self.n_projections, int)
+            and not isinstance(self.n_projections, bool)
+            and self.n_projections >= 1,
+            f"n_projections must be an integer ≥ 1, got {self.n_projections}",
+        )
         self._check_relatives()
 
     def _check_relatives(self) -> None:
@@ -171,6 +242,11 @@ class ModelConfig:
             not (self.layers and self.penalty_method == "closed_form"),
             "a stack's encoder has several layers, so penalty_method 'closed_form' cannot report its penalty; "
             "use 'auto' (each layer is still trained with its closed form)",
+        )
+        _check(
+            not (self.layers and (self.encoder_layers or self.arch != "dense")),
+            "layers (a stack, trained one layer at a time) cannot be combined with encoder_layers or arch 'conv' "
+            "(one deep encoder trained jointly); choose one",
         )
         if self.layers:
             self.hidden = self.layers[-1]  # the code size of a stack is its top layer
@@ -247,6 +323,22 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         return _from_dict(cls, values, "training")
+
+
+def _int_list(values: Any, name: str, what: str) -> list[int] | None:
+    """``None`` or a non-empty list of positive ints (tuples and JSON lists alike)."""
+    if values is None:
+        return None
+    _check(
+        isinstance(values, (list, tuple)) and len(values) > 0,
+        f"{name} must be a non-empty list of integers, got {values!r}",
+    )
+    for value in values:
+        _check(
+            isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+            f"{what} must be an integer ≥ 1, got {value!r} in {name}",
+        )
+    return list(values)
 
 
 def _from_dict(cls, values: dict[str, Any], section: str):

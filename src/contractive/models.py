@@ -1,7 +1,16 @@
 """Autoencoders as plain ``nn.Module``s: an encoder, a decoder, and a ``loss(x)`` with named terms.
 
-The encoder is an ``nn.Sequential`` (Linear → activation for the classic CAE), so the penalty in
-:mod:`contractive.penalty` sees an ordinary module and any other encoder can slot in.
+The encoder is an ``nn.Sequential``, so the penalty in :mod:`contractive.penalty` sees an ordinary module
+and any other encoder can slot in:
+
+- classic CAE: Linear → activation (closed-form penalty);
+- deep CAE (``encoder_layers=[500, 200]``): Linear → act → Linear → act, penalty on the Jacobian of the
+  whole encoder (exact by the structured chain method, or projections when that is too costly);
+- convolutional CAE (``arch="conv"``): Unflatten → (Conv2d 3×3 stride 2 → act)* → Flatten → Linear → act;
+  data stay flattened (B, D) and are reshaped inside the encoder.
+
+Decoders mirror the encoder layer by layer, either tied (each layer reuses its encoder twin's weight:
+Wᵀ for Linear layers, the transposed convolution for Conv2d layers) or untied.
 
 The loss convention (Rifai et al. 2011), per sample then averaged over the batch::
 
@@ -41,6 +50,84 @@ class TiedDecoder(nn.Module):
         return F.linear(h, self._tied_to[0].weight.t(), self.bias)
 
 
+class TiedConvTranspose(nn.Module):
+    """The transpose of an encoder ``nn.Conv2d``, reusing its weight: a tied convolutional decoder layer.
+
+    ``conv_transpose2d`` with the convolution's own weight is its adjoint, as Wᵀ is for a Linear layer;
+    ``output_padding`` restores the exact spatial size that the strided convolution rounded down.
+    """
+
+    def __init__(self, conv: nn.Conv2d, output_padding: tuple[int, int]):
+        super().__init__()
+        self._tied_to = (conv,)
+        self.output_padding = output_padding
+        self.bias = nn.Parameter(torch.zeros(conv.in_channels))
+
+    def forward(self, h: Tensor) -> Tensor:
+        conv = self._tied_to[0]
+        return F.conv_transpose2d(
+            h, conv.weight, self.bias, stride=conv.stride, padding=conv.padding, output_padding=self.output_padding
+        )
+
+
+def _conv_output_size(size: int) -> int:
+    # 3×3 kernel, stride 2, padding 1: ⌈size / 2⌉.
+    return (size - 1) // 2 + 1
+
+
+def build_encoder_decoder(config: ModelConfig) -> tuple[nn.Sequential, nn.Module]:
+    """The encoder and its mirrored decoder for a config (the decoder outputs logits / linear values).
+
+    A single dense layer keeps the classic layout (``encoder.0`` Linear, ``decoder`` a
+    :class:`TiedDecoder` or Linear), so run directories written before deep and conv models still load.
+    """
+    dense_sizes = config.encoder_layers or [config.hidden]
+    if config.arch == "dense" and len(dense_sizes) == 1:
+        linear = nn.Linear(config.n_features, config.hidden)
+        decoder = TiedDecoder(linear) if config.tied else nn.Linear(config.hidden, config.n_features)
+        return nn.Sequential(linear, make_activation(config.activation)), decoder
+
+    act = config.activation
+    encoder: list[nn.Module] = []
+    conv_transposes: list[nn.Module] = []  # in encoder order: conv_transposes[i] undoes the i-th convolution
+    features = config.n_features
+    if config.arch == "conv":
+        shape = list(config.image_shape) if len(config.image_shape) == 3 else [1, *config.image_shape]
+        encoder.append(nn.Unflatten(1, tuple(shape)))
+        channels, height, width = shape
+        for out_channels in config.conv_channels:
+            conv = nn.Conv2d(channels, out_channels, 3, stride=2, padding=1)
+            new_height, new_width = _conv_output_size(height), _conv_output_size(width)
+            padding = (height - 2 * new_height + 1, width - 2 * new_width + 1)
+            encoder += [conv, make_activation(act)]
+            conv_transposes.append(
+                TiedConvTranspose(conv, padding)
+                if config.tied
+                else nn.ConvTranspose2d(out_channels, channels, 3, stride=2, padding=1, output_padding=padding)
+            )
+            channels, height, width = out_channels, new_height, new_width
+        encoder.append(nn.Flatten())
+        features = channels * height * width
+    linear_transposes: list[nn.Module] = []
+    for size in dense_sizes:
+        linear = nn.Linear(features, size)
+        encoder += [linear, make_activation(act)]
+        linear_transposes.append(TiedDecoder(linear) if config.tied else nn.Linear(size, features))
+        features = size
+
+    decoder: list[nn.Module] = []
+    for module in reversed(linear_transposes):
+        decoder += [module, make_activation(act)]
+    if config.arch == "conv":
+        decoder.append(nn.Unflatten(1, (channels, height, width)))
+        for module in reversed(conv_transposes):
+            decoder += [module, make_activation(act)]
+    decoder.pop()  # the last layer outputs logits / linear values: decode() applies the output nonlinearity
+    if config.arch == "conv":
+        decoder.append(nn.Flatten())
+    return nn.Sequential(*encoder), nn.Sequential(*decoder)
+
+
 class Autoencoder(nn.Module):
     """A (contractive) autoencoder built from a :class:`~contractive.config.ModelConfig`.
 
@@ -61,19 +148,17 @@ class Autoencoder(nn.Module):
         if config.reconstruction == "auto":
             raise ContractiveError("resolve config.reconstruction (config.resolve_reconstruction) before building")
         self.config = config
-        linear = nn.Linear(config.n_features, config.hidden)
-        self.encoder = nn.Sequential(linear, make_activation(config.activation))
-        self.decoder = TiedDecoder(linear) if config.tied else nn.Linear(config.hidden, config.n_features)
+        self.encoder, self.decoder = build_encoder_decoder(config)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         # Glorot-uniform weights and zero biases, the usual start for sigmoid autoencoders.
         for module in self.modules():
-            if isinstance(module, nn.Linear):
+            if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
-        if isinstance(self.decoder, TiedDecoder):
-            nn.init.zeros_(self.decoder.bias)
+            elif isinstance(module, (TiedDecoder, TiedConvTranspose)):
+                nn.init.zeros_(module.bias)
 
     @property
     def uses_logits(self) -> bool:
@@ -101,10 +186,13 @@ class Autoencoder(nn.Module):
         return (x_hat - x).pow(2).sum(dim=1)
 
     def loss(self, x: Tensor) -> dict[str, Tensor]:
-        """Batch-mean loss and its terms: ``loss``, ``reconstruction``, ``penalty`` (mean ‖J_f‖²_F).
+        """Batch-mean loss and its terms: ``loss``, ``reconstruction``, ``penalty`` (mean ‖J_f‖²_F), and in
+        eval mode ``jacobian_norm`` (mean ‖J_f‖_F).
 
         The penalty is computed on the same forward pass as the code. With λ = 0 it is not computed
-        during training (a plain AE costs nothing extra) and is reported as NaN.
+        during training (a plain AE costs nothing extra) and is reported as NaN. Training uses
+        ``config.penalty_method``; eval mode uses ``"auto"`` (exact wherever affordable), so validation
+        metrics carry no projection noise.
 
         ``config.model`` selects the criterion (see :mod:`contractive.relatives`): ``"dae"`` reconstructs
         x from a corrupted x̃; ``"rcae"`` reports and penalises ‖J_r‖²_F (r = g∘f) as ``penalty``;
@@ -116,23 +204,27 @@ class Autoencoder(nn.Module):
         if kind in ("dae", "rcae", "caeh"):
             return self._relative_loss(x, kind)
         lam = self.config.lam
+        extra = {}
         if lam > 0 or not self.training:
+            method = self.config.penalty_method if self.training else "auto"
             # The penalty (squared derivatives summed over H·D terms) is kept in float32 even under
             # bf16 autocast: bfloat16's 8-bit mantissa would swamp it in rounding error.
             autocasting = torch.is_autocast_enabled(x.device.type)
             with torch.autocast(device_type=x.device.type, enabled=False) if autocasting else nullcontext():
-                h, penalty = encode_with_penalty(
+                h, per_sample = encode_with_penalty(
                     self.encoder,
                     x.float() if autocasting else x,
-                    method=self.config.penalty_method,
+                    method=method,
                     n_projections=self.config.n_projections,
                 )
-            penalty = penalty.mean()
+            penalty = per_sample.mean()
+            if not self.training:
+                extra["jacobian_norm"] = per_sample.clamp_min(0).sqrt().mean()
         else:
             h, penalty = self.encode(x), torch.full((), float("nan"))
         reconstruction = self.reconstruction_per_sample(x, h).mean()
         total = reconstruction + lam * penalty if lam > 0 else reconstruction
-        return {"loss": total, "reconstruction": reconstruction, "penalty": penalty}
+        return {"loss": total, "reconstruction": reconstruction, "penalty": penalty, **extra}
 
     def _relative_loss(self, x: Tensor, kind: str) -> dict[str, Tensor]:
         cfg = self.config

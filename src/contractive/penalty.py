@@ -35,13 +35,15 @@ projection
     (reverse mode, ``mode="reverse"``). Forward mode costs about one extra forward pass and its gradient
     one extra ordinary backward pass, whereas reverse mode costs a backward pass and its gradient a
     double backward, so ``mode="auto"`` uses forward mode unless the encoder has an operation without a
-    forward-mode derivative (e.g. ``grid_sample``). For chains of Linear + elementwise layers the probes
-    ride along the forward pass as extra rows of the same matrix products.
+    forward-mode derivative (e.g. ``grid_sample``). For chains of affine layers (Linear, Conv),
+    elementwise activations, reshapes and average pooling (``chain-jvp``: MLPs, the default conv encoder)
+    the probes ride along the forward pass as extra rows of the same batch.
 auto
     Closed form where it applies; exact where it is affordable; projection otherwise. "Affordable" means
     the exact method costs at most :data:`AUTO_EXACT_MAX_COST` forward passes when gradients are needed
-    (training) and at most :data:`AUTO_EXACT_MAX_COST_NO_GRAD` under ``torch.no_grad()`` (evaluation),
-    and its Jacobian fits in :data:`AUTO_MAX_JACOBIAN_ELEMENTS` numbers. :func:`choose_method` returns
+    (training), with the batch's Jacobians within :data:`AUTO_MAX_JACOBIAN_ELEMENTS` numbers, and at most
+    :data:`AUTO_EXACT_MAX_COST_NO_GRAD` under ``torch.no_grad()`` (evaluation, computed in chunks of
+    samples so memory stays bounded). :func:`choose_method` returns
     the choice and the reason; it is also logged (logger ``contractive.penalty``, level INFO) the first
     time an encoder uses it.
 
@@ -79,9 +81,11 @@ MODES = ("auto", "forward", "reverse")
 AUTO_EXACT_MAX_COST = 16
 # ... or this many when no gradient is needed (evaluation under torch.no_grad()).
 AUTO_EXACT_MAX_COST_NO_GRAD = 1024
-# ... and when the batch's per-sample Jacobians hold at most this many numbers (256 MiB in float32).
+# ... and, when gradients are needed (the graph keeps them), the batch's per-sample Jacobians hold at most
+# this many numbers (256 MiB in float32).
 AUTO_MAX_JACOBIAN_ELEMENTS = 2**26
-# The vmap strategies process samples in chunks whose Jacobians hold at most this many numbers.
+# The exact method processes samples in chunks whose Jacobians hold at most this many numbers (16 MiB in
+# float32), which bounds its memory under torch.no_grad() and its transient memory otherwise.
 EXACT_CHUNK_ELEMENTS = 2**22
 
 logger = logging.getLogger(__name__)
@@ -97,7 +101,8 @@ class PenaltyPlan:
         The method ("auto" resolved).
     strategy : str
         How: ``closed_form``; ``chain`` (structured exact for Linear + elementwise chains), ``jacrev`` or
-        ``jacfwd`` (vmapped torch.func exact); ``chain-jvp``, ``jvp`` or ``vjp`` (projection).
+        ``jacfwd`` (vmapped torch.func exact); ``chain-jvp`` (probes as extra rows of a chain of affine
+        layers and activations), ``jvp`` or ``vjp`` (torch.func; projection).
     reason : str
         Why this was chosen, in words.
     """
@@ -190,7 +195,7 @@ def encode_with_penalty(
     if plan.strategy == "chain":
         return _exact_chain(_chain_stages(encoder), x)
     if plan.strategy == "chain-jvp":
-        return _projection_chain(_chain_stages(encoder), x, n_projections, generator, probe)
+        return _projection_affine(_affine_ops(encoder), x, n_projections, generator, probe)
     # torch.func strategies: check once per encoder that the penalty's own gradient can be taken.
     _check_differentiable_twice(encoder, x, plan.strategy, probe)
     return _run_generic(encoder, x, plan.strategy, n_projections, generator, probe)
@@ -242,6 +247,11 @@ def choose_method(
     _reject_batch_statistics(encoder)
 
     stages = _chain_stages(encoder) if x.dim() == 2 else None
+    structured = mode != "reverse" and _affine_ops(encoder) is not None
+
+    def projection_strategy() -> str:
+        return "chain-jvp" if structured else _projection_strategy(encoder, x, mode)
+
     needs_grad = _needs_grad(encoder, x)
     budget = AUTO_EXACT_MAX_COST if needs_grad else AUTO_EXACT_MAX_COST_NO_GRAD
     when = "with gradients" if needs_grad else "without gradients"
@@ -257,10 +267,10 @@ def choose_method(
         if method == "exact":
             return PenaltyPlan("exact", "chain", "requested; Linear + elementwise chain")
         if method == "projection":
-            return PenaltyPlan("projection", "chain-jvp", f"requested with {n_projections} probe(s)")
+            return PenaltyPlan("projection", projection_strategy(), f"requested with {n_projections} probe(s)")
         ratio = exact_cost / forward_cost
         elements = batch * _chain_jacobian_elements(stages, in_features)
-        if ratio <= budget and elements <= AUTO_MAX_JACOBIAN_ELEMENTS:
+        if ratio <= budget and (elements <= AUTO_MAX_JACOBIAN_ELEMENTS or not needs_grad):
             return PenaltyPlan(
                 "exact",
                 "chain",
@@ -268,7 +278,7 @@ def choose_method(
             )
         return PenaltyPlan(
             "projection",
-            "chain-jvp",
+            projection_strategy(),
             f"Linear + elementwise chain; exact would cost ≈{ratio:.3g} forward passes (> {budget} {when}) "
             f"or {elements} Jacobian entries; {n_projections} probe(s) instead",
         )
@@ -279,12 +289,10 @@ def choose_method(
     if method == "exact":
         return PenaltyPlan("exact", exact_strategy, f"requested; {out_size} outputs, {in_size} inputs per sample")
     if method == "projection":
-        return PenaltyPlan(
-            "projection", _projection_strategy(encoder, x, mode), f"requested with {n_projections} probe(s)"
-        )
+        return PenaltyPlan("projection", projection_strategy(), f"requested with {n_projections} probe(s)")
     ratio = min(in_size, out_size)
     elements = x.shape[0] * in_size * out_size
-    if ratio <= budget and elements <= AUTO_MAX_JACOBIAN_ELEMENTS:
+    if ratio <= budget and (elements <= AUTO_MAX_JACOBIAN_ELEMENTS or not needs_grad):
         return PenaltyPlan(
             "exact",
             exact_strategy,
@@ -292,7 +300,7 @@ def choose_method(
         )
     return PenaltyPlan(
         "projection",
-        _projection_strategy(encoder, x, mode),
+        projection_strategy(),
         f"general encoder, {out_size} outputs × {in_size} inputs; exact would cost ≈{ratio} passes "
         f"(> {budget} {when}) or {elements} Jacobian entries; {n_projections} probe(s) instead",
     )
@@ -330,8 +338,31 @@ def closed_form(linear: nn.Linear, activation: nn.Module, x: Tensor) -> tuple[Te
     h = activation(z)
     slope = elementwise_derivative(activation, z, h)
     # Σ_i W_ji² once per step (H·D work), then a (B,H)·(H,) product: no (B,H,D) tensor is formed.
-    row_norms_sq = linear.weight.pow(2).sum(dim=1)
-    return h, slope.pow(2) @ row_norms_sq
+    return h, slope.pow(2) @ row_norms_sq(linear.weight)
+
+
+class _RowNormsSq(torch.autograd.Function):
+    """Σ_i W_ji² per row, with a one-pass backward 2·W·g.
+
+    ``W.pow(2).sum(1)`` is correct too, but autograd's backward for it makes three passes over the (H, D)
+    weight (expand, pow, two multiplies); on a 784→1000 layer that alone made a CAE step ~20% slower than a
+    plain AE step. The backward is written with differentiable ops, so double backward still works.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: Tensor) -> Tensor:
+        ctx.save_for_backward(weight)
+        return (weight * weight).sum(dim=1)  # not vector_norm().square(): that rounds through a sqrt
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (weight,) = ctx.saved_tensors
+        return weight * (2 * grad).unsqueeze(1)
+
+
+def row_norms_sq(weight: Tensor) -> Tensor:
+    """Squared Euclidean norm of each row of ``weight`` (shape (H, D) → (H,)), differentiable twice."""
+    return _RowNormsSq.apply(weight)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -351,13 +382,19 @@ def _plain(module: nn.Module, base: type) -> bool:
     )
 
 
+def _global_hooks_active() -> bool:
+    """Module hooks registered for every module would be skipped by the structured paths."""
+    module = torch.nn.modules.module
+    return bool(getattr(module, "_global_forward_hooks", None) or getattr(module, "_global_forward_pre_hooks", None))
+
+
 def _chain_stages(encoder) -> list[Stage] | None:
     """The encoder as Linear + elementwise stages, or ``None`` if it is anything else.
 
     Accepts ``nn.Linear`` and (nested) ``nn.Sequential``s of ``nn.Linear`` and the elementwise activations
     of :data:`contractive.activations.ELEMENTWISE_MODULES`, starting with a Linear.
     """
-    if not isinstance(encoder, nn.Module) or torch.nn.modules.module._global_forward_hooks:
+    if not isinstance(encoder, nn.Module) or _global_hooks_active():
         return None
     flat: list[nn.Module] = []
 
@@ -431,38 +468,79 @@ def _exact_chain(stages: list[Stage], x: Tensor) -> tuple[Tensor, Tensor]:
     batch = x.shape[0]
     if len(stages) == 1:
         # The closed form: ‖diag(s) W‖²_F = Σ_j s_j² ‖W_j‖².
-        row_norms_sq = weights[0].pow(2).sum(dim=1)
-        penalty = slopes[0].pow(2) @ row_norms_sq if slopes[0] is not None else row_norms_sq.sum().expand(batch)
+        norms = row_norms_sq(weights[0])
+        penalty = slopes[0].pow(2) @ norms if slopes[0] is not None else norms.sum().expand(batch)
         return h, penalty
     sizes = [x.shape[1]] + [w.shape[0] for w in weights]
-    if _reverse_cost(sizes) <= _forward_cost(sizes):
-        # M = S_m W_m S_{m-1} ⋯ W_2 S_1, shape (B or 1, H_m, H_1); samples never mix.
-        m = weights[-1].unsqueeze(0)
-        if slopes[-1] is not None:
-            m = slopes[-1].unsqueeze(2) * m
-        for weight, slope in zip(reversed(weights[1:-1]), reversed(slopes[1:-1]), strict=True):
-            if slope is not None:
-                m = m * slope.unsqueeze(1)
-            m = m @ weight
-        if slopes[0] is not None:
-            m = m * slopes[0].unsqueeze(1)
-        first = weights[0]
-        if first.shape[0] < first.shape[1]:
-            # Gram matrix of the smaller side: ‖M W_1‖²_F = tr(M (W_1 W_1ᵀ) Mᵀ), H_1² instead of H_1·D per row.
-            gram = first @ first.t()
-            penalty = ((m @ gram) * m).sum(dim=(1, 2))
-        else:
-            penalty = (m @ first).pow(2).sum(dim=(1, 2))
-    else:
-        # U = S_l W_l ⋯ S_1 W_1, shape (B or 1, H_l, D), from the input side (cheaper when D is small).
-        u = weights[0].unsqueeze(0)
-        for index, weight in enumerate(weights):
-            if index:
-                u = weight @ u
-            if slopes[index] is not None:
-                u = slopes[index].unsqueeze(2) * u
-        penalty = u.pow(2).sum(dim=(1, 2))
-    return h, penalty.expand(batch) if penalty.shape[0] != batch else penalty
+    reverse = _reverse_cost(sizes) <= _forward_cost(sizes)
+    first = weights[0]
+    # Gram matrix of the smaller side, once per batch: ‖M W_1‖²_F = tr(M (W_1 W_1ᵀ) Mᵀ) costs H_1² per row
+    # of M instead of H_1·D.
+    gram = None
+    if reverse and first.shape[0] < first.shape[1]:
+        gram = first @ first.t()
+        gram = (gram + gram.t()) / 2  # exactly symmetric, as _GramTrace's backward assumes
+    # Chunks of samples bound the size of the per-sample matrices (all that evaluation keeps in memory).
+    chunk = max(1, EXACT_CHUNK_ELEMENTS // _chain_jacobian_elements(stages, x.shape[1]))
+    pieces = []
+    for start in range(0, batch, chunk):
+        part = [None if slope is None else slope[start : start + chunk] for slope in slopes]
+        piece = _chain_reverse(weights, part, gram) if reverse else _chain_from_input(weights, part)
+        pieces.append(piece.expand(min(chunk, batch - start)))
+    return h, torch.cat(pieces)
+
+
+def _chain_reverse(weights: list[Tensor], slopes: list[Tensor | None], gram: Tensor | None) -> Tensor:
+    """‖J‖²_F from the code side: M = S_m W_m S_{m-1} ⋯ W_2 S_1, shape (b or 1, H_m, H_1), then W_1."""
+    m = weights[-1].unsqueeze(0)
+    if slopes[-1] is not None:
+        m = slopes[-1].unsqueeze(2) * m
+    for weight, slope in zip(reversed(weights[1:-1]), reversed(slopes[1:-1]), strict=True):
+        if slope is not None:
+            m = m * slope.unsqueeze(1)
+        m = m @ weight
+    if slopes[0] is not None:
+        m = m * slopes[0].unsqueeze(1)
+    if gram is not None:
+        return _GramTrace.apply(m, gram)
+    return (m @ weights[0]).pow(2).sum(dim=(1, 2))
+
+
+class _GramTrace(torch.autograd.Function):
+    """q_b = tr(M_b G M_bᵀ) for a symmetric G, with a backward that reuses M G.
+
+    Autograd would spend two matrix products on the backward of ``((M @ G) * M).sum()``; here
+    ∂q_b/∂M_b = 2 M_b G is already known from the forward pass and only ∂/∂G = Σ_b g_b M_bᵀ M_b costs one.
+    First-order only (the penalty's gradient is all that training needs).
+    """
+
+    @staticmethod
+    def forward(ctx, m: Tensor, gram: Tensor) -> Tensor:
+        mg = m @ gram
+        ctx.save_for_backward(m, mg)
+        return (mg * m).sum(dim=(1, 2))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        m, mg = ctx.saved_tensors
+        weight = grad.view(-1, 1, 1)
+        grad_m = 2 * weight * mg if ctx.needs_input_grad[0] else None
+        grad_gram = None
+        if ctx.needs_input_grad[1]:
+            grad_gram = (weight * m).flatten(0, 1).t() @ m.flatten(0, 1)
+        return grad_m, grad_gram
+
+
+def _chain_from_input(weights: list[Tensor], slopes: list[Tensor | None]) -> Tensor:
+    """‖J‖²_F from the input side: U = S_l W_l ⋯ S_1 W_1, shape (b or 1, H_l, D); cheaper when D is small."""
+    u = weights[0].unsqueeze(0)
+    for index, weight in enumerate(weights):
+        if index:
+            u = weight @ u
+        if slopes[index] is not None:
+            u = slopes[index].unsqueeze(2) * u
+    return u.pow(2).sum(dim=(1, 2))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -480,25 +558,70 @@ def _draw_probes(shape: tuple[int, ...], like: Tensor, generator: torch.Generato
     return values.to(like.device)
 
 
-def _projection_chain(
-    stages: list[Stage], x: Tensor, k: int, generator: torch.Generator | None, probe: str
+# Modules that act on each sample linearly (the tangent goes through them unchanged) or as a reshape.
+_LINEAR_PER_SAMPLE = (nn.Identity, nn.Flatten, nn.Unflatten, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+_CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _affine_ops(encoder) -> list[nn.Module] | None:
+    """The encoder as a flat list of affine layers (Linear, Conv), elementwise activations and per-sample
+    linear maps (Flatten, Unflatten, average pooling), or ``None`` if it contains anything else."""
+    if not isinstance(encoder, nn.Module) or _global_hooks_active():
+        return None
+    flat: list[nn.Module] = []
+
+    def visit(module: nn.Module) -> bool:
+        if isinstance(module, nn.Sequential):
+            return _plain(module, nn.Sequential) and all(visit(child) for child in module)
+        flat.append(module)
+        return True
+
+    if not visit(encoder):
+        return None
+    for module in flat:
+        kind = type(module)
+        if not _plain(module, kind):
+            return None
+        if kind in _CONVOLUTIONS and module.padding_mode != "zeros":
+            return None
+        if kind is nn.Flatten and module.start_dim == 0 or kind is nn.Unflatten and module.dim == 0:
+            return None  # would mix the batch dimension
+        if kind not in (nn.Linear, *_CONVOLUTIONS, *_LINEAR_PER_SAMPLE) and kind not in ELEMENTWISE_MODULES:
+            return None
+    return flat
+
+
+def _projection_affine(
+    ops: list[nn.Module], x: Tensor, k: int, generator: torch.Generator | None, probe: str
 ) -> tuple[Tensor, Tensor]:
-    """Forward-mode projection: tangents t = J v computed as extra rows of each layer's matrix product."""
+    """Forward-mode projection along a chain of affine layers and elementwise activations.
+
+    The k probes per sample ride along the forward pass as extra rows of the same batch: each Linear or
+    Conv layer is applied once to [x; v] without its bias (added to the primal rows only), each
+    activation multiplies the tangent rows by its slope, so t = J v costs one pass over a (1 + k)·B batch.
+    """
     batch = x.shape[0]
-    tangent = _draw_probes((k * batch, x.shape[1]), x, generator, probe)
     h = x
-    for linear, activations in stages:
-        both = torch.nn.functional.linear(torch.cat([h, tangent]), linear.weight)
-        z, tangent = both[:batch], both[batch:]
-        if linear.bias is not None:
-            z = z + linear.bias
-        for activation in activations:
-            out = activation(z)
-            slope = elementwise_derivative(activation, z, out)
-            tangent = (tangent.view(k, batch, -1) * slope).view(k * batch, -1)
-            z = out
-        h = z
-    return h, tangent.view(k, batch, -1).pow(2).sum(dim=2).mean(dim=0)
+    tangent = _draw_probes((k * batch, *x.shape[1:]), x, generator, probe)
+    for op in ops:
+        if isinstance(op, (nn.Linear, *_CONVOLUTIONS)):
+            both = torch.cat([h, tangent])
+            if isinstance(op, nn.Linear):
+                both, bias_shape = torch.nn.functional.linear(both, op.weight), (-1,)
+            else:
+                both, bias_shape = op._conv_forward(both, op.weight, None), (-1, *([1] * (both.dim() - 2)))
+            h, tangent = both[:batch], both[batch:]
+            if op.bias is not None:
+                h = h + op.bias.view(bias_shape)
+        elif type(op) in ELEMENTWISE_MODULES:
+            out = op(h)
+            slope = elementwise_derivative(op, h, out)
+            tangent = (tangent.view(k, *h.shape) * slope).view(k * batch, *h.shape[1:])
+            h = out
+        else:
+            both = op(torch.cat([h, tangent]))
+            h, tangent = both[:batch], both[batch:]
+    return h, tangent.reshape(k, batch, -1).pow(2).sum(dim=2).mean(dim=0)
 
 
 # ----------------------------------------------------------------------------------------------------------

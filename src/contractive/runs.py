@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from . import __version__, checkpoint, plots
 from .config import ModelConfig, TrainConfig
@@ -197,8 +198,10 @@ def write_figures(
     """Learning curves always; filters and reconstructions when samples are images."""
     written = [plots.learning_curves(history, run_dir / "learning_curves.png")]
     if image_shape:
-        weight = model.encoder[0].weight.detach().cpu().float().numpy()
-        written.append(plots.filters(weight, tuple(image_shape), run_dir / "filters.png"))
+        first = model.encoder[0]
+        if isinstance(first, nn.Linear):  # dense models: rows of the first layer are images (conv: no filters)
+            weight = first.weight.detach().cpu().float().numpy()
+            written.append(plots.filters(weight, tuple(image_shape), run_dir / "filters.png"))
         X = np.asarray(X[:10], dtype=np.float32)
         device = next(model.parameters()).device
         with torch.no_grad():

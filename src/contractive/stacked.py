@@ -176,8 +176,9 @@ def random_like(encoder: nn.Sequential, *, seed: int) -> nn.Sequential:
     fresh = copy.deepcopy(encoder)
     generator = torch.Generator().manual_seed(seed)
     for module in fresh.modules():
-        if isinstance(module, nn.Linear):
-            bound = math.sqrt(6.0 / (module.in_features + module.out_features))
+        if isinstance(module, (nn.Linear, nn.Conv2d)):  # the dense and convolutional layers of any encoder
+            fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(module.weight)
+            bound = math.sqrt(6.0 / (fan_in + fan_out))
             with torch.no_grad():
                 module.weight.copy_(torch.rand(module.weight.shape, generator=generator) * 2 * bound - bound)
                 module.bias.zero_()

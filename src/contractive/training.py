@@ -90,10 +90,13 @@ def evaluate(
     totals: dict[str, Tensor] = {}
     for start in range(0, mine.numel(), batch_size):
         xb = reader(mine[start : start + batch_size])
-        terms = {k: v.double() * xb.shape[0] for k, v in model.loss(xb).items()}
-        h, penalty = encode_with_penalty(model.encoder, xb, method=model.config.penalty_method)
-        terms["reconstruction_error"] = (model.decode(h) - xb).pow(2).sum(dim=1).sum().double()
-        terms["jacobian_norm"] = penalty.clamp_min(0).sqrt().sum().double()
+        terms = model.loss(xb)
+        if "jacobian_norm" not in terms:  # models whose eval-mode loss does not report it already
+            # "auto" under no_grad is exact wherever affordable: the metric carries no projection noise.
+            _, penalty = encode_with_penalty(model.encoder, xb, method="auto", n_projections=model.config.n_projections)
+            terms["jacobian_norm"] = penalty.clamp_min(0).sqrt().mean()
+        terms = {k: v.double() * xb.shape[0] for k, v in terms.items()}
+        terms["reconstruction_error"] = (model(xb) - xb).pow(2).sum(dim=1).sum().double()
         for key, value in terms.items():
             totals[key] = totals.get(key, 0.0) + value * weight
     model.train(was_training)
@@ -132,6 +135,8 @@ def fit(
     device: str | torch.device | None = "auto",
     context: Context | None = None,
     resume: bool = False,
+    optimizer: torch.optim.Optimizer | None = None,
+    generator: torch.Generator | None = None,
 ) -> FitResult:
     """Train ``model`` in place.
 
@@ -160,6 +165,12 @@ def fit(
         DistributedDataParallel, and rank 0 alone writes files.
     resume : bool
         Continue from the newest checkpoint in ``run_dir`` (weights, optimizer, RNG states, history).
+    optimizer : torch.optim.Optimizer, optional
+        Continue with this optimizer (and its moment estimates) instead of a fresh one from ``config``:
+        incremental training such as the estimator's ``partial_fit``.
+    generator : torch.Generator, optional
+        Source of the shuffling order (default: a new one seeded with ``config.seed``). Passing the same
+        generator to k one-epoch calls shuffles exactly as one k-epoch call.
 
     Returns
     -------
@@ -181,8 +192,8 @@ def fit(
     if len(reader) == 0:
         raise ContractiveError("no training data")
     model.to(context.device)
-    optimizer = make_optimizer(model, config)
-    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = optimizer if optimizer is not None else make_optimizer(model, config)
+    generator = generator if generator is not None else torch.Generator().manual_seed(config.seed)
     result = FitResult()
     loop = _LoopState(patience_left=config.patience)
     if resume:
