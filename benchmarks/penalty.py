@@ -16,7 +16,7 @@ medians and the ratio to the plain AE's median. Peak memory is the growth of the
 set (VmHWM) over one plain step (which allocates the optimizer state) followed by one step of the
 variant, measured in a fresh subprocess per variant after the model and data are loaded.
 
-    python benchmarks/penalty.py [--reps 9] [--threads N] [--encoders mlp,conv] [--no-memory]
+    python benchmarks/penalty.py [--fast-reps 60] [--reps 9] [--threads N] [--encoders mlp,conv] [--no-memory]
 """
 
 from __future__ import annotations
@@ -45,10 +45,11 @@ ENCODERS = {
     "conv": {"arch": "conv"},
 }
 ENCODER_KEYS = {"single": "784→1000", "mlp": "784→500→200", "conv": "conv"}
-# A variant whose first step takes longer than SLOW_S seconds is timed on 2 steps, longer than VERY_SLOW_S
-# on its first step alone.
+# Steps per variant depend on how long its first step took: under FAST_S, --fast-reps; under SLOW_S, --reps;
+# else 2, or beyond VERY_SLOW_S the first step alone.
 SLOW_S = 3.0
 VERY_SLOW_S = 30.0
+FAST_S = 0.5
 
 
 def naive_loop(encoder, x):
@@ -171,7 +172,8 @@ def _peak_rss_kib() -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=9, help="timed steps per variant (slow ones: fewer)")
+    parser.add_argument("--reps", type=int, default=9, help="timed steps per variant taking over 0.5 s")
+    parser.add_argument("--fast-reps", type=int, default=60, help="timed steps per variant taking under 0.5 s")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--encoders", default="single,mlp,conv", help="subset of single,mlp,conv")
@@ -198,14 +200,18 @@ def main() -> None:
         for variant, step in steps.items():  # warm-up, also tells which variants are slow
             xb = X[torch.randint(0, X.shape[0], (args.batch_size,), generator=rng)]
             first[variant] = step(xb)
-        # Very slow variants (the naive baselines on wide codes) count their first step; slow ones get 2 steps.
+        # Fast variants get --fast-reps steps, others --reps, slow ones 2; very slow ones (the naive baselines
+        # on wide codes) count their first step only.
+        budget = {}
+        for variant, seconds in first.items():
+            budget[variant] = args.fast_reps if seconds < FAST_S else args.reps if seconds < SLOW_S else 2
+            budget[variant] = 0 if seconds > VERY_SLOW_S else budget[variant]
         times = {variant: [seconds] if seconds > VERY_SLOW_S else [] for variant, seconds in first.items()}
-        for rep in range(args.reps):
+        for rep in range(max(budget.values())):
             xb = X[torch.randint(0, X.shape[0], (args.batch_size,), generator=rng)]
             for variant, step in steps.items():
-                if first[variant] > VERY_SLOW_S or (first[variant] > SLOW_S and rep >= 2):
-                    continue
-                times[variant].append(step(xb))
+                if rep < budget[variant]:
+                    times[variant].append(step(xb))
         base = statistics.median(times["plain AE"])
         rows = []
         for variant, values in times.items():

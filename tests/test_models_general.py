@@ -253,6 +253,20 @@ def test_resume_accepts_the_same_encoder_layers_and_refuses_others(tmp_path, cap
     assert "--encoder-layers [16, 9] conflicts with the run being resumed" in capsys.readouterr().err
 
 
+def test_html_report_on_deep_and_conv_runs(tmp_path):
+    from contractive.report import write_report
+
+    data = load_dataset("digits", limit=300)
+    runs = []
+    for name, extra in (("deep", {"encoder_layers": [16, 8]}), ("conv", {"arch": "conv", "hidden": 8})):
+        runs.append(tmp_path / name)
+        train_run(data, ModelConfig(n_features=64, **extra), TrainConfig(epochs=1), runs[-1], progress=False)
+    assert (runs[0] / "filters.png").is_file() and not (runs[1] / "filters.png").exists()
+    index = write_report(runs, tmp_path / "report", X=load_dataset("digits").X[1600:1640], data_label="digits")
+    page = index.read_text()
+    assert "run1_filters" in page and "run2_filters" not in page and "run2_reconstructions" in page
+
+
 # --- MNIST ------------------------------------------------------------------------------------------------
 
 

@@ -256,6 +256,13 @@ class Autoencoder(nn.Module):
         return {"loss": total, "reconstruction": reconstruction, "penalty": penalty, "higher_order": higher_order}
 
 
+def input_filters(model: nn.Module) -> Tensor | None:
+    """The weight of the first layer when it is dense and reads the input (one row per unit, shaped like a
+    sample: the "filters" figure), or ``None`` for convolutional encoders."""
+    first = model.encoder[0]
+    return first.weight if isinstance(first, nn.Linear) else None
+
+
 def build_model(config: ModelConfig) -> nn.Module:
     """An :class:`Autoencoder`, or a :class:`~contractive.stacked.StackedAutoencoder` when ``config.layers``."""
     if config.layers:

@@ -610,7 +610,7 @@ def _projection_affine(
                 both, bias_shape = torch.nn.functional.linear(both, op.weight), (-1,)
             else:
                 both, bias_shape = op._conv_forward(both, op.weight, None), (-1, *([1] * (both.dim() - 2)))
-            h, tangent = both[:batch], both[batch:]
+            h, tangent = both.split([batch, k * batch])
             if op.bias is not None:
                 h = h + op.bias.view(bias_shape)
         elif type(op) in ELEMENTWISE_MODULES:
@@ -619,8 +619,7 @@ def _projection_affine(
             tangent = (tangent.view(k, *h.shape) * slope).view(k * batch, *h.shape[1:])
             h = out
         else:
-            both = op(torch.cat([h, tangent]))
-            h, tangent = both[:batch], both[batch:]
+            h, tangent = op(torch.cat([h, tangent])).split([batch, k * batch])
     return h, tangent.reshape(k, batch, -1).pow(2).sum(dim=2).mean(dim=0)
 
 

@@ -22,6 +22,7 @@ from . import checkpoint, plots
 from .checkpoint import Run, load_run
 from .diagnostics import DEFAULT_EPS, DEFAULT_FRACTION, DEFAULT_RADII, Diagnostics, average_spectrum, diagnose, tangents
 from .errors import ContractiveError
+from .models import input_filters
 
 INDEX = "index.html"
 FIGURES = "figures"
@@ -133,8 +134,9 @@ def _run_figures(run: Run, X: np.ndarray | None, figure_dir: Path, stem: str, n_
     shape = _image_shape(run)
     if shape is None:
         return figures
-    weight = run.model.encoder[0].weight.detach().cpu().numpy()
-    figures["filters"] = plots.filters(weight, shape, figure_dir / f"{stem}_filters.png")
+    weight = input_filters(run.model)
+    if weight is not None:  # dense models only: a conv encoder's first layer is not one image per unit
+        figures["filters"] = plots.filters(weight.detach().cpu().numpy(), shape, figure_dir / f"{stem}_filters.png")
     if X is not None:
         with torch.no_grad():
             X_hat = run.model(torch.as_tensor(X[:10], dtype=torch.float32)).numpy()

@@ -15,14 +15,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from . import __version__, checkpoint, plots
 from .config import ModelConfig, TrainConfig
 from .data import Dataset, take_rows, train_val_split, validate_features
 from .distributed import Context, resolve_device
 from .errors import ContractiveError
-from .models import Autoencoder, build_model
+from .models import Autoencoder, build_model, input_filters
 from .training import FitResult, as_tensor, evaluate, fit, seed_everything
 
 
@@ -198,10 +197,11 @@ def write_figures(
     """Learning curves always; filters and reconstructions when samples are images."""
     written = [plots.learning_curves(history, run_dir / "learning_curves.png")]
     if image_shape:
-        first = model.encoder[0]
-        if isinstance(first, nn.Linear):  # dense models: rows of the first layer are images (conv: no filters)
-            weight = first.weight.detach().cpu().float().numpy()
-            written.append(plots.filters(weight, tuple(image_shape), run_dir / "filters.png"))
+        weight = input_filters(model)
+        if weight is not None:  # dense models: rows of the first layer are images (conv: no such figure)
+            written.append(
+                plots.filters(weight.detach().cpu().float().numpy(), tuple(image_shape), run_dir / "filters.png")
+            )
         X = np.asarray(X[:10], dtype=np.float32)
         device = next(model.parameters()).device
         with torch.no_grad():
