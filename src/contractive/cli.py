@@ -402,6 +402,71 @@ def report(run_dirs, out, data, split, skip, n_points, fraction, eps, seed) -> N
     click.echo(f"wrote {index} ({len(run_dirs)} run(s), diagnostics on {label})")
 
 
+@app.command()
+@click.option("--data", required=True, help="Labelled data: 'digits', an IDX directory, or a .npz with X and y.")
+@click.option("--quick", is_flag=True, help="Small budget (subset, 100 units, few epochs, 2-point grids).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output directory [default: benchmarks/results/<data>[-quick]].",
+)
+@click.option("--hidden", type=int, default=None, help="Hidden units of every model [default: 1000, quick 100].")
+@click.option("--epochs", type=int, default=None, help="Pretraining epochs (also the RBM's) [default: 10, quick 3].")
+@click.option(
+    "--finetune-epochs", type=int, default=None, help="Fine-tuning epochs for every encoder [default: 5, quick 3]."
+)
+@click.option("--batch-size", type=int, default=None, help="Mini-batch size [default: 64].")
+@click.option("--grid-epochs", type=int, default=None, help="Epochs of each validation-grid run [default: 2].")
+@click.option(
+    "--grid-train-size", type=int, default=None, help="Training samples of each grid run [default: 5000, quick 1000]."
+)
+@click.option(
+    "--train-size", type=int, default=None, help="Keep the first N training samples [default: all, quick 3000]."
+)
+@click.option(
+    "--val-size", type=int, default=None, help="Keep the first N validation samples [default: all, quick 500]."
+)
+@click.option("--test-size", type=int, default=None, help="Keep the first N test samples [default: all, quick 1000].")
+@click.option(
+    "--probe-train-size", type=int, default=None, help="Samples the final linear probes train on [default: all]."
+)
+@click.option("--probe-max-iter", type=int, default=None, help="max_iter of the logistic regression [default: 2000].")
+@click.option("--seed", type=int, default=None, help="Seed of every initialisation and shuffle [default: 0].")
+@click.option("--weight-decay-grid", default=None, help="Comma-separated weight decays for AE+wd.")
+@click.option("--sigma-grid", default=None, help="Comma-separated Gaussian noise stds for DAE-g.")
+@click.option("--mask-grid", default=None, help="Comma-separated masking probabilities for DAE-b.")
+@click.option("--lam-grid", default=None, help="Comma-separated λ values for the CAE (CAE+H reuses the chosen λ).")
+@click.option("--gamma-grid", default=None, help="Comma-separated γ values for CAE+H.")
+@click.option("--force", is_flag=True, help="Overwrite results in a non-empty --out directory.")
+def benchmark(data, quick, out, force, **sizes) -> None:
+    """Train AE, AE+wd, DAE-g, DAE-b, CAE, CAE+H, RBM, PCA (and raw pixels) on DATA under one protocol.
+
+    Writes results.md (table), results.json and figures (error vs ‖J_f‖_F, spectra) to --out.
+    """
+    import shlex
+
+    from .benchmark import BenchmarkConfig, format_table, run_benchmark
+    from .runs import prepare_run_dir
+
+    overrides = {k: v for k, v in sizes.items() if v is not None}
+    for name in [k for k in overrides if k.endswith("_grid")]:
+        try:
+            overrides[name] = tuple(float(v) for v in overrides[name].split(","))
+        except ValueError:
+            raise ContractiveError(f"--{name.replace('_', '-')} must be comma-separated numbers") from None
+    config = BenchmarkConfig.quick_defaults(**overrides) if quick else BenchmarkConfig(**overrides)
+    if out is None:
+        out = Path("benchmarks") / "results" / (Path(data).name + ("-quick" if quick else ""))
+    prepare_run_dir(out, overwrite=force)
+    # The command that reproduces this run, with every option that was set spelled out.
+    words = ["contractive", "benchmark", "--data", data, *(["--quick"] if quick else []), "--out", str(out)]
+    words += [f"--{k.replace('_', '-')}={sizes[k]}" for k in overrides]
+    command = " ".join(shlex.quote(w) for w in words)
+    results = run_benchmark(data, config, out, command=command, log=lambda line: click.echo(line, err=True))
+    click.echo(format_table(results["rows"]))
+
+
 def _int_list(text: str | None, option: str, example: str) -> list[int] | None:
     """Parse a comma-separated list of integers such as ``500,200``."""
     if text is None:
