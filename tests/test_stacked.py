@@ -17,14 +17,8 @@ from contractive.errors import ContractiveError
 from contractive.stacked import StackedAutoencoder, compare_finetuning, layer_configs, pretrain, random_like
 from contractive.training import fit
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: a second thread only adds synchronisation, which dominates on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# These models are tiny: a second thread only adds synchronisation (shared fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
