@@ -54,12 +54,15 @@ def test_softplus_linear_region_matches_autograd():
 def test_one_sigmoid_unit_at_zero_is_one_eighth():
     # h = σ(0) = 1/2 → (h(1−h))² · (1² + (−1)²) = (1/4)² · 2 = 0.125;
     # not the mean of the Jacobian entries (0), not (ΣW)² · ... (0).
-    linear = nn.Linear(2, 1)
-    with torch.no_grad():
-        linear.weight.copy_(torch.tensor([[1.0, -1.0]]))
-        linear.bias.zero_()
-    value = jacobian_frobenius_sq(nn.Sequential(linear, nn.Sigmoid()), torch.zeros(1, 2))
-    assert value.item() == pytest.approx(0.125, abs=1e-12)
+    # In float32, ‖W_j‖² is read off a norm (sqrt, then squared: no (H, D) temporary), so it is 0.125 to
+    # float32 rounding; in float64 it is 0.125 to 1e-15.
+    for dtype, tolerance in ((torch.float64, 1e-15), (torch.float32, 1e-7)):
+        linear = nn.Linear(2, 1).to(dtype)
+        with torch.no_grad():
+            linear.weight.copy_(torch.tensor([[1.0, -1.0]]))
+            linear.bias.zero_()
+        value = jacobian_frobenius_sq(nn.Sequential(linear, nn.Sigmoid()), torch.zeros(1, 2, dtype=dtype))
+        assert value.item() == pytest.approx(0.125, abs=tolerance)
 
 
 def test_relu_known_value_is_seven():
@@ -114,6 +117,53 @@ def test_penalty_gradient_is_the_gradient_of_the_true_jacobian_norm():
     (reference,) = torch.autograd.grad(brute, encoder[0].weight)
     assert ours.abs().sum() > 0
     torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-12)
+
+
+def _layer_outputs(weight, bias, x, activation):
+    """Code and closed-form penalty of Linear(weight, bias) → activation, with the tensors as the live parameters."""
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None).double()
+    del linear.weight, linear.bias
+    linear.weight, linear.bias = weight, bias
+    return encode_with_penalty(nn.Sequential(linear, make_activation(activation)), x, method="closed_form")
+
+
+@pytest.mark.parametrize("activation", ACTIVATION_NAMES)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_code_and_penalty_gradients_match_brute_force_for_x_weight_and_bias(activation, with_bias):
+    # Sigmoid and tanh layers have a hand-written backward: every input's gradient, through the code and the
+    # penalty at once, must equal autograd through the encoder and its per-sample Jacobian.
+    torch.manual_seed(4)
+    x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, dtype=torch.float64, requires_grad=True) if with_bias else None
+    code_weights, penalty_weights = torch.randn(5, 3, dtype=torch.float64), torch.rand(5, dtype=torch.float64)
+    inputs = [t for t in (x, weight, bias) if t is not None]
+
+    h, penalty = _layer_outputs(weight, bias, x, activation)
+    ours = torch.autograd.grad((h * code_weights).sum() + (penalty * penalty_weights).sum(), inputs)
+
+    def encoder(v):
+        return make_activation(activation)(nn.functional.linear(v, weight, bias))
+
+    jacobians = [torch.autograd.functional.jacobian(encoder, xb, create_graph=True) for xb in x]
+    brute = torch.stack([j.pow(2).sum() for j in jacobians])
+    reference = torch.autograd.grad((encoder(x) * code_weights).sum() + (brute * penalty_weights).sum(), inputs)
+    for got, want in zip(ours, reference, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh"])
+def test_gradcheck_and_gradgradcheck_of_the_fused_layer(activation):
+    torch.manual_seed(5)
+    x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
+
+    def layer(x, weight, bias):
+        return _layer_outputs(weight, bias, x, activation)
+
+    assert torch.autograd.gradcheck(layer, (x, weight, bias))
+    assert torch.autograd.gradgradcheck(layer, (x, weight, bias))
 
 
 def test_code_and_penalty_share_one_forward_pass():

@@ -69,6 +69,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from .activations import ELEMENTWISE_MODULES, elementwise_derivative
 from .errors import ContractiveError
@@ -244,6 +245,11 @@ def choose_method(
                 f"({_describe(encoder)}); use method 'exact' or 'projection' for other encoders"
             )
         return PenaltyPlan("closed_form", "closed_form", "requested")
+    if method == "auto" and parts is not None and x.dim() == 2:
+        # Decided before the costlier structural checks below: this runs on every training step.
+        return PenaltyPlan(
+            "closed_form", "closed_form", f"a single Linear + {type(parts[1]).__name__} has a closed form"
+        )
     _reject_batch_statistics(encoder)
 
     stages = _chain_stages(encoder) if x.dim() == 2 else None
@@ -255,11 +261,6 @@ def choose_method(
     needs_grad = _needs_grad(encoder, x)
     budget = AUTO_EXACT_MAX_COST if needs_grad else AUTO_EXACT_MAX_COST_NO_GRAD
     when = "with gradients" if needs_grad else "without gradients"
-
-    if method == "auto" and parts is not None and stages is not None and x.dim() == 2:
-        return PenaltyPlan(
-            "closed_form", "closed_form", f"a single Linear + {type(parts[1]).__name__} has a closed form"
-        )
 
     if stages is not None:
         batch, in_features = x.shape[0], x.shape[1]
@@ -334,35 +335,122 @@ def closed_form(linear: nn.Linear, activation: nn.Module, x: Tensor) -> tuple[Te
     h : Tensor, shape (batch, hidden)
     penalty : Tensor, shape (batch,)
     """
-    z = linear(x)
+    if type(activation) in (nn.Sigmoid, nn.Tanh) and x.dim() == 2:
+        return _SaturatingLayerPenalty.apply(x, linear.weight, linear.bias, type(activation) is nn.Tanh)
+    z, weight_row_norms_sq = linear_and_row_norms_sq(x, linear.weight, linear.bias)
     h = activation(z)
     slope = elementwise_derivative(activation, z, h)
     # Σ_i W_ji² once per step (H·D work), then a (B,H)·(H,) product: no (B,H,D) tensor is formed.
-    return h, slope.pow(2) @ row_norms_sq(linear.weight)
+    return h, slope.pow(2) @ weight_row_norms_sq
 
 
-class _RowNormsSq(torch.autograd.Function):
-    """Σ_i W_ji² per row, with a one-pass backward 2·W·g.
+class _SaturatingLayerPenalty(torch.autograd.Function):
+    """``(h, p)`` with h = φ(x Wᵀ + b) and p_b = Σ_j φ'(z_bj)² ‖W_j‖², for φ = sigmoid or tanh, as one op.
 
-    ``W.pow(2).sum(1)`` is correct too, but autograd's backward for it makes three passes over the (H, D)
-    weight (expand, pow, two multiplies); on a 784→1000 layer that alone made a CAE step ~20% slower than a
-    plain AE step. The backward is written with differentiable ops, so double backward still works.
+    The same numbers as the composition in :func:`closed_form`, but with a hand-written backward. Composed
+    from autograd ops, the penalty's backward is about ten small (B, H) tensors, each freshly allocated; at
+    784→1000, batch 128, those allocations and passes cost ~12% of a training step, the bulk of what the
+    penalty added. Here the backward makes three (B, H) tensors and works in place on them:
+
+        φ' = h(1−h),  φ'' = φ'(1−2h)     (sigmoid)
+        φ' = 1−h²,    φ'' = −2hφ'         (tanh)
+        ∂p_b/∂z_bj = 2 φ'_bj φ''_bj ‖W_j‖²,   ∂p_b/∂W_j = 2 φ'_bj² W_j  (+ the first term through z).
+
+    When a graph of the gradient itself is being built (double backward), it falls back to autograd over
+    the composed ops, so higher derivatives stay exact.
     """
 
     @staticmethod
-    def forward(ctx, weight: Tensor) -> Tensor:
-        ctx.save_for_backward(weight)
-        return (weight * weight).sum(dim=1)  # not vector_norm().square(): that rounds through a sqrt
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, tanh: bool) -> tuple[Tensor, Tensor]:
+        z = F.linear(x, weight, bias)
+        h = z.tanh_() if tanh else z.sigmoid_()  # z itself is not needed again: φ' and φ'' come from h
+        norms = torch.linalg.vector_norm(weight, dim=1).square()
+        slope_sq = _saturating_slope(h, tanh).square_()
+        ctx.save_for_backward(x, weight, bias, h, norms)
+        ctx.tanh = tanh
+        return h, slope_sq @ norms
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        (weight,) = ctx.saved_tensors
-        return weight * (2 * grad).unsqueeze(1)
+    def backward(ctx, grad_h: Tensor, grad_penalty: Tensor):
+        x, weight, bias, h, norms = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _saturating_layer_backward_composed(ctx, x, weight, bias, grad_h, grad_penalty)
+        slope = _saturating_slope(h, ctx.tanh)
+        grad_z = grad_h * slope
+        slope_sq = slope.square_()  # slope is not needed any more
+        grad_norms = slope_sq.t() @ grad_penalty if ctx.needs_input_grad[1] else None
+        # ∂(φ'²)/∂z = 2φ'φ'' = 2φ'²(1−2h) for sigmoid, −4hφ'² for tanh; computed in place on φ'².
+        if ctx.tanh:
+            slope_sq.mul_(h).mul_(-2)
+        else:
+            slope_sq.addcmul_(slope_sq, h, value=-2)
+        grad_z.addcmul_(slope_sq.mul_(grad_penalty.unsqueeze(1)), norms, value=2)
+        grad_x = grad_z @ weight if ctx.needs_input_grad[0] else None
+        grad_weight = None
+        if grad_norms is not None:
+            grad_weight = (grad_z.t() @ x).addcmul_(weight, grad_norms.unsqueeze(1), value=2)
+        grad_bias = grad_z.sum(0) if bias is not None and ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight, grad_bias, None
+
+
+def _saturating_slope(h: Tensor, tanh: bool) -> Tensor:
+    """φ'(z) from h = φ(z): 1 − h² for tanh, h − h² for sigmoid (a fresh tensor either way)."""
+    return (h * h).neg_().add_(1) if tanh else torch.addcmul(h, h, h, value=-1)
+
+
+def _saturating_layer_backward_composed(ctx, x, weight, bias, grad_h, grad_penalty):
+    """The backward of :class:`_SaturatingLayerPenalty` by autograd over the composed forward (double backward)."""
+    inputs = [t for t in (x, weight, bias) if t is not None and t.requires_grad]
+    activation = nn.Tanh() if ctx.tanh else nn.Sigmoid()
+    z, norms = linear_and_row_norms_sq(x, weight, bias)
+    h = activation(z)
+    penalty = elementwise_derivative(activation, z, h).pow(2) @ norms
+    grads = iter(torch.autograd.grad((h, penalty), inputs, (grad_h, grad_penalty), create_graph=True))
+    return tuple(next(grads) if t is not None and t.requires_grad else None for t in (x, weight, bias)) + (None,)
+
+
+class _LinearAndRowNormsSq(torch.autograd.Function):
+    """``z = x Wᵀ + b`` and ``r_j = Σ_i W_ji²`` in one op, so the penalty's gradient 2·r̄_j·W_j is added
+    *in place* into the (H, D) weight gradient that the linear layer's backward allocates anyway.
+
+    Computed as separate autograd ops, ``W.pow(2).sum(1)`` costs a fresh (H, D) tensor in the forward and
+    another in the backward, which autograd then adds to the encoder's gradient: on a 784→1000 layer those
+    freshly allocated 3 MB buffers (page faults on first touch) made a CAE step ~25% slower than a plain AE
+    step. Here the only extra (H, D) work is one reduction forward and one in-place ``addcmul_`` backward.
+    The backward is written with differentiable ops, so double backward (gradgradcheck, CAE+H) still works.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        z = F.linear(x, weight, bias)
+        # A reduction with no (H, D) temporary; sqrt-then-square costs at most ~2 ulp of rounding.
+        return z, torch.linalg.vector_norm(weight, dim=1).square()
+
+    @staticmethod
+    def backward(ctx, grad_z: Tensor, grad_norms: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        x, weight = ctx.saved_tensors
+        grad_x = grad_weight = grad_bias = None
+        flat_grad_z = grad_z.reshape(-1, grad_z.shape[-1])
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_z @ weight
+        if ctx.needs_input_grad[1]:
+            grad_weight = flat_grad_z.t() @ x.reshape(-1, x.shape[-1])
+            grad_weight.addcmul_(weight, grad_norms.unsqueeze(1), value=2)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = flat_grad_z.sum(0)
+        return grad_x, grad_weight, grad_bias
+
+
+def linear_and_row_norms_sq(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``(F.linear(x, weight, bias), Σ_i weight_ji²)``: shapes (..., H) and (H,); differentiable twice."""
+    return _LinearAndRowNormsSq.apply(x, weight, bias)
 
 
 def row_norms_sq(weight: Tensor) -> Tensor:
     """Squared Euclidean norm of each row of ``weight`` (shape (H, D) → (H,)), differentiable twice."""
-    return _RowNormsSq.apply(weight)
+    return torch.linalg.vecdot(weight, weight, dim=1)
 
 
 # ----------------------------------------------------------------------------------------------------------
