@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -14,7 +16,15 @@ from contractive import ModelConfig, TrainConfig, load_dataset
 from contractive.checkpoint import CONFIG, WEIGHTS, load_run, save_weights, write_json
 from contractive.cli import main
 from contractive.errors import ContractiveError
-from contractive.stacked import StackedAutoencoder, compare_finetuning, layer_configs, pretrain, random_like
+from contractive.stacked import (
+    StackedAutoencoder,
+    compare_finetuning,
+    finetune,
+    layer_configs,
+    lr_factor,
+    pretrain,
+    random_like,
+)
 from contractive.training import fit
 
 # These models are tiny: a second thread only adds synchronisation (shared fixture in conftest.py).
@@ -124,6 +134,29 @@ def test_finetuning_learns_the_labels_and_does_not_touch_the_pretrained_stack(di
         assert results[name]["test_error"] < 0.5, (name, results[name])
         assert 0 <= results[name]["train_error"] <= results[name]["test_error"] + 0.1
     assert all(torch.equal(before[k], v) for k, v in stack.state_dict().items())
+
+
+def test_cosine_schedule_decays_from_the_base_rate_to_zero_and_is_used_by_finetuning(digits):
+    assert [lr_factor("cosine", step, 4) for step in range(5)] == pytest.approx(
+        [1.0, 0.5 + 0.5 * math.cos(math.pi / 4), 0.5, 0.5 - 0.5 * math.cos(math.pi / 4), 0.0]
+    )
+    assert lr_factor("constant", 3, 4) == 1.0
+    encoder = StackedAutoencoder(stack_config(layers=[16])).encoder
+    X, y = digits.X, digits.y
+
+    def tuned_weights(schedule, batch_size):
+        tuned = copy.deepcopy(encoder)  # finetune trains in place
+        config = TrainConfig(epochs=1, batch_size=batch_size, lr=0.05, val_fraction=0)
+        finetune(tuned, X[:200], y[:200], X[200:300], y[200:300], config, schedule=schedule)
+        return tuned[0].weight.detach()
+
+    # One step: the cosine factor at step 0 is 1, so both schedules take the same step.
+    torch.testing.assert_close(tuned_weights("cosine", 200), tuned_weights("constant", 200), rtol=0, atol=0)
+    # Two steps: the second cosine step is taken at half the rate, so the weights differ.
+    assert not torch.allclose(tuned_weights("cosine", 100), tuned_weights("constant", 100))
+    config = TrainConfig(epochs=1, batch_size=10, val_fraction=0)
+    with pytest.raises(ContractiveError, match="unknown learning-rate schedule 'step'"):
+        finetune(encoder, X[:10], y[:10], X[10:20], y[10:20], config, schedule="step")
 
 
 def run_main(capsys, *args: str) -> tuple[int, str, str]:

@@ -48,7 +48,7 @@ from .errors import ContractiveError
 from .models import Autoencoder
 from .penalty import encode_with_penalty
 from .runs import encode as encode_codes
-from .stacked import finetune, random_like
+from .stacked import SCHEDULES, finetune, random_like
 from .training import as_tensor, evaluate, fit, seed_everything
 
 PRETRAINED = ("AE", "AE+wd", "DAE-g", "DAE-b", "CAE", "CAE+H")
@@ -74,6 +74,8 @@ class BenchmarkConfig:
         Pretraining epochs of each autoencoder, and training epochs (``n_iter``) of the RBM.
     finetune_epochs : int
         Epochs of supervised fine-tuning (encoder + softmax head), identical for every encoder.
+    finetune_lr, finetune_schedule : float, {"constant", "cosine"}
+        Its learning rate and schedule (cosine: decayed to 0 over all steps).
     grid_epochs, grid_train_size : int
         Budget of each validation-grid run: epochs, and the number of training samples it uses.
     *_grid : tuple of float
@@ -95,6 +97,7 @@ class BenchmarkConfig:
     lr: float = 2e-3
     finetune_epochs: int = 5
     finetune_lr: float = 3e-3
+    finetune_schedule: str = "cosine"
     grid_epochs: int = 2
     grid_train_size: int = 5000
     weight_decay_grid: tuple[float, ...] = (1e-5, 1e-4, 1e-3)
@@ -133,6 +136,10 @@ class BenchmarkConfig:
             if not values or not all(math.isfinite(v) and v > 0 for v in values):
                 raise ContractiveError(f"{name.replace('_', '-')} must be a non-empty list of numbers > 0")
             setattr(self, name, values)
+        if self.finetune_schedule not in SCHEDULES:
+            raise ContractiveError(
+                f"unknown finetune-schedule {self.finetune_schedule!r}; choose one of {', '.join(SCHEDULES)}"
+            )
         if not all(p < 1 for p in self.mask_grid):
             raise ContractiveError("mask-grid probabilities must be < 1")
 
@@ -441,7 +448,7 @@ def run_benchmark(
 
     def tune(encoder: nn.Module) -> float:
         result = finetune(copy.deepcopy(encoder), splits.X_train, splits.y_train, splits.X_test, splits.y_test,
-                          finetune_config)  # fmt: skip
+                          finetune_config, schedule=config.finetune_schedule)  # fmt: skip
         return result["test_error"]
 
     rows, spectra = [], {}
@@ -614,7 +621,7 @@ def format_report(results: dict[str, Any]) -> str:
         f"Protocol: {c['hidden']} sigmoid hidden units for every model (PCA: capped at the number of features), "
         f"tied weights, BCE reconstruction, Adam (lr {c['lr']:g}, batch {c['batch_size']}) for {c['epochs']} epochs; "
         f"the RBM trains {c['epochs']} PCD epochs (lr {c['rbm_lr']:g}). Fine-tuning: encoder + softmax head, "
-        f"{c['finetune_epochs']} epochs of Adam (lr {c['finetune_lr']:g}) for every encoder. Linear probe: "
+        f"{c['finetune_epochs']} epochs of Adam (lr {c['finetune_lr']:g}, {c.get('finetune_schedule', 'constant')} schedule) for every encoder. Linear probe: "
         f"logistic regression (L-BFGS, C = 1, max_iter {c['probe_max_iter']}) on standardised frozen features"
         + (f", trained on the first {c['probe_train_size']} training samples" if c["probe_train_size"] else "")
         + f". ‖J_f‖_F and SAT % (units within {SATURATION_EPS} of 0 or 1) on the test split; reconstruction "

@@ -277,7 +277,15 @@ def info(run_dir) -> None:
 @click.option("--lr", type=float, default=1e-3, help="Learning rate.")
 @click.option("--optimizer", default="adam", help="adam or sgd.")
 @click.option("--seed", type=int, default=0, help="Seed for the head, shuffling and the random-init baseline.")
-def finetune(run_dir, data, split, limit, test_size, train_size, epochs, batch_size, lr, optimizer, seed) -> None:
+@click.option(
+    "--schedule",
+    type=click.Choice(["constant", "cosine"]),
+    default="constant",
+    help="Learning rate: constant, or cosine decay to 0 over all steps.",
+)
+def finetune(
+    run_dir, data, split, limit, test_size, train_size, epochs, batch_size, lr, optimizer, seed, schedule
+) -> None:
     """Fine-tune RUN_DIR's encoder with a softmax head on labelled DATA; compare with a random start.
 
     The split is fixed, not random: the first samples train, the last --test-size samples test. The
@@ -300,11 +308,14 @@ def finetune(run_dir, data, split, limit, test_size, train_size, epochs, batch_s
     X_train, y_train = dataset.X[:n_train], dataset.y[:n_train]
     X_test, y_test = dataset.X[n - n_test :], dataset.y[n - n_test :]
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed, val_fraction=0)
-    results = compare_finetuning(run.model.encoder, X_train, y_train, X_test, y_test, config)
+    results = compare_finetuning(run.model.encoder, X_train, y_train, X_test, y_test, config, schedule=schedule)
     write_json(
         Path(run_dir) / "finetune.json",
-        {"data": dataset.description, "n_train": n_train, "n_test": n_test, "training": config.to_dict(), **results},
-    )
+        {
+            "data": dataset.description, "n_train": n_train, "n_test": n_test,
+            "training": {**config.to_dict(), "schedule": schedule}, **results,
+        },
+    )  # fmt: skip
     click.echo(f"fine-tuned on the first {n_train} samples, tested on the last {n_test} ({epochs} epochs)")
     cfg = run.model.config
     shape = "-".join(str(h) for h in (cfg.layers or cfg.encoder_layers or [cfg.hidden]))
@@ -415,6 +426,12 @@ def report(run_dirs, out, data, split, skip, n_points, fraction, eps, seed) -> N
 @click.option("--epochs", type=int, default=None, help="Pretraining epochs (also the RBM's) [default: 10, quick 3].")
 @click.option(
     "--finetune-epochs", type=int, default=None, help="Fine-tuning epochs for every encoder [default: 5, quick 3]."
+)
+@click.option(
+    "--finetune-schedule",
+    type=click.Choice(["constant", "cosine"]),
+    default=None,
+    help="Fine-tuning learning rate: constant, or cosine decay to 0 [default: cosine].",
 )
 @click.option("--batch-size", type=int, default=None, help="Mini-batch size [default: 64].")
 @click.option("--grid-epochs", type=int, default=None, help="Epochs of each validation-grid run [default: 2].")
