@@ -166,6 +166,20 @@ def test_gradcheck_and_gradgradcheck_of_the_fused_layer(activation):
     assert torch.autograd.gradgradcheck(layer, (x, weight, bias))
 
 
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh", "relu"])
+def test_closed_form_works_under_torch_func_vmap_and_grad(activation):
+    # The closed-form layers are custom autograd Functions; they must compose with torch.func like any op.
+    torch.manual_seed(6)
+    encoder = dense(4, 3, activation)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    per_sample = torch.func.vmap(lambda xb: jacobian_frobenius_sq(encoder, xb.unsqueeze(0)).squeeze(0))(x)
+    torch.testing.assert_close(per_sample, brute_force(encoder, x), rtol=1e-10, atol=1e-12)
+    leaf = x.clone().requires_grad_(True)
+    (reference,) = torch.autograd.grad(jacobian_frobenius_sq(encoder, leaf).sum(), leaf)
+    got = torch.func.grad(lambda v: jacobian_frobenius_sq(encoder, v).sum())(x)
+    torch.testing.assert_close(got, reference, rtol=1e-10, atol=1e-12)
+
+
 def test_code_and_penalty_share_one_forward_pass():
     torch.manual_seed(3)
     encoder = dense(5, 3, "tanh")

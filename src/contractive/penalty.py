@@ -336,7 +336,8 @@ def closed_form(linear: nn.Linear, activation: nn.Module, x: Tensor) -> tuple[Te
     penalty : Tensor, shape (batch,)
     """
     if type(activation) in (nn.Sigmoid, nn.Tanh) and x.dim() == 2:
-        return _SaturatingLayerPenalty.apply(x, linear.weight, linear.bias, type(activation) is nn.Tanh)
+        h, penalty, _ = _SaturatingLayerPenalty.apply(x, linear.weight, linear.bias, type(activation) is nn.Tanh)
+        return h, penalty
     z, weight_row_norms_sq = linear_and_row_norms_sq(x, linear.weight, linear.bias)
     h = activation(z)
     slope = elementwise_derivative(activation, z, h)
@@ -360,18 +361,26 @@ class _SaturatingLayerPenalty(torch.autograd.Function):
     the composed ops, so higher derivatives stay exact.
     """
 
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, tanh: bool) -> tuple[Tensor, Tensor]:
-        z = F.linear(x, weight, bias)
-        h = z.tanh_() if tanh else z.sigmoid_()  # z itself is not needed again: φ' and φ'' come from h
-        norms = torch.linalg.vector_norm(weight, dim=1).square()
-        slope_sq = _saturating_slope(h, tanh).square_()
-        ctx.save_for_backward(x, weight, bias, h, norms)
-        ctx.tanh = tanh
-        return h, slope_sq @ norms
+    generate_vmap_rule = True  # usable under torch.func.vmap / jacrev as well
 
     @staticmethod
-    def backward(ctx, grad_h: Tensor, grad_penalty: Tensor):
+    def forward(x: Tensor, weight: Tensor, bias: Tensor | None, tanh: bool) -> tuple[Tensor, Tensor, Tensor]:
+        z = F.linear(x, weight, bias)
+        h = torch.tanh(z) if tanh else torch.sigmoid(z)
+        norms = torch.linalg.vector_norm(weight, dim=1).square()
+        slope = _saturating_slope(h, tanh)
+        return h, slope.mul_(slope) @ norms, norms
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, weight, bias, tanh = inputs
+        h, _, norms = output
+        ctx.mark_non_differentiable(norms)
+        ctx.save_for_backward(x, weight, bias, h, norms)
+        ctx.tanh = tanh
+
+    @staticmethod
+    def backward(ctx, grad_h: Tensor, grad_penalty: Tensor, _grad_norms: Tensor | None):
         x, weight, bias, h, norms = ctx.saved_tensors
         if torch.is_grad_enabled():
             return _saturating_layer_backward_composed(ctx, x, weight, bias, grad_h, grad_penalty)
@@ -420,10 +429,16 @@ class _LinearAndRowNormsSq(torch.autograd.Function):
     The backward is written with differentiable ops, so double backward (gradgradcheck, CAE+H) still works.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+    def setup_context(ctx, inputs, output) -> None:
+        x, weight, bias = inputs
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
+
+    @staticmethod
+    def forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
         z = F.linear(x, weight, bias)
         # A reduction with no (H, D) temporary; sqrt-then-square costs at most ~2 ulp of rounding.
         return z, torch.linalg.vector_norm(weight, dim=1).square()
