@@ -192,13 +192,14 @@ def test_cli_trains_a_stack_then_finetunes_it_against_a_random_start(capsys, tmp
     assert [row["layer"] for row in run.history] == [0, 0, 1, 1]
     code, out, err = run_main(
         capsys, "finetune", str(run_dir), "--data", "digits", "--limit", "500", "--test-size", "200",
-        "--epochs", "15", "--lr", "0.02",
+        "--epochs", "30", "--lr", "0.02", "--schedule", "cosine",
     )  # fmt: skip
     assert code == 0, err
     assert "fine-tuned on the first 300 samples, tested on the last 200" in out
     assert "cae 32-16 pretrained" in out and "random init" in out
     saved = json.loads((run_dir / "finetune.json").read_text())
     assert (saved["n_train"], saved["n_test"]) == (300, 200)
+    assert saved["training"]["schedule"] == "cosine"
     for name in ("pretrained", "random_init"):
         assert 0 <= saved[name]["test_error"] < 0.6, saved[name]  # chance is 0.9
         assert f"{100 * saved[name]['test_error']:6.2f}%" in out
