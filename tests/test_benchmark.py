@@ -144,3 +144,54 @@ def test_bad_inputs_are_one_line_errors(cli, tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'unlabelled.npy'}: the benchmark needs labels, and this dataset has none"
     ]
+
+
+# Measured quantities of a row; times differ between runs, everything else is seeded.
+SEEDED_KEYS = ("model", "params", "probe_error", "probe_converged", "probe_iter", "finetune_error", "jacobian_norm",
+               "saturation_percent", "reconstruction_error")  # fmt: skip
+
+
+def test_resume_trains_only_the_missing_models_and_gets_the_same_rows(quick_run, cli, tmp_path):
+    import shutil
+
+    out, _ = quick_run
+    full = json.loads((out / "results.json").read_text())
+    stopped = tmp_path / "stopped"
+    shutil.copytree(out, stopped)
+    # As if stopped after the CAE: five rows written, the run marked incomplete.
+    partial = {**full, "rows": full["rows"][:5], "complete": False,
+               "spectra": {k: v for k, v in full["spectra"].items() if k in PRETRAINED[:5]}}  # fmt: skip
+    (stopped / "results.json").write_text(json.dumps(partial))
+    proc = cli("benchmark", "--data", "digits", "--quick", "--out", str(stopped), *TINY, "--resume", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "keeping its selection and 5 finished rows (AE, AE+wd, DAE-g, DAE-b, CAE)" in proc.stderr
+    assert "grid " not in proc.stderr  # the selection was not redone
+    resumed = json.loads((stopped / "results.json").read_text())
+    assert resumed["complete"] is True and resumed["resumed"] == [["AE", "AE+wd", "CAE", "DAE-b", "DAE-g"]]
+    assert resumed["selection"] == full["selection"] and resumed["command"] == full["command"]
+    assert [r["model"] for r in resumed["rows"]] == [r["model"] for r in full["rows"]]
+    for got, want in zip(resumed["rows"], full["rows"], strict=True):
+        assert {k: got[k] for k in SEEDED_KEYS} == {k: want[k] for k in SEEDED_KEYS}, want["model"]
+    assert resumed["spectra"] == full["spectra"]
+    assert resumed["total_time_s"] > partial["total_time_s"]
+    text = (stopped / "results.md").read_text()
+    assert "Resumed (run 2) after a stop" in text and "Partial results" not in text
+
+
+def test_resume_refuses_other_options_missing_results_and_force(quick_run, cli, tmp_path):
+    out, _ = quick_run
+    base = ["benchmark", "--data", "digits", "--quick", *TINY]
+    proc = cli(*base, "--out", str(out), "--hidden", "17", "--resume")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: cannot resume: {out / 'results.json'} was made with other options (hidden differ); "
+        "pass the same options, or start afresh with --force"
+    ]
+    proc = cli(*base, "--out", str(tmp_path / "none"), "--resume")
+    assert proc.returncode == 2 and "no results.json" in proc.stderr and "Traceback" not in proc.stderr
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "results.json").write_text("{not json")
+    proc = cli(*base, "--out", str(tmp_path / "bad"), "--resume")
+    assert proc.returncode == 2 and "not a readable results file" in proc.stderr and "Traceback" not in proc.stderr
+    proc = cli(*base, "--out", str(out), "--resume", "--force")
+    assert proc.returncode == 2 and "pass one" in proc.stderr

@@ -419,21 +419,40 @@ def run_benchmark(
     *,
     command: str = "",
     log: Callable[[str], None] = print,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Run the whole protocol on ``spec`` and write ``results.json``, ``results.md`` and two figures to ``out``.
+
+    With ``resume``, ``out/results.json`` from an earlier run of the same configuration on the same data
+    (one that was stopped) supplies the hyperparameter selection and every finished row; only the missing
+    models are trained. Every model starts from the same seed, so a resumed run's rows are the rows an
+    uninterrupted run would have written (same machine and thread count).
 
     Returns the JSON-ready results (``rows`` holds one dict per model, see :func:`format_table`).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    previous = load_resumable(out, config) if resume else None
     splits = make_splits(spec, config)
     d = splits.description
     log(f"data: {d['how']}")
-    log(
-        f"selecting hyperparameters on validation (grid: {config.grid_epochs} epoch(s) on {min(config.grid_train_size, d['n_train'])} samples)"
-    )
-    selection = select_hyperparameters(config, splits, log)
+    if previous is not None:
+        if previous["data"] != d:
+            raise ContractiveError(
+                f"cannot resume: {out / 'results.json'} was made on other data ({previous['data']['how']})"
+            )
+        done = [row["model"] for row in previous["rows"]]
+        log(
+            f"resuming {out / 'results.json'}: keeping its selection and {len(done)} finished rows ({', '.join(done) or 'none'})"
+        )
+        selection = previous["selection"]
+        command = previous["command"] or command
+    else:
+        log(
+            f"selecting hyperparameters on validation (grid: {config.grid_epochs} epoch(s) on {min(config.grid_train_size, d['n_train'])} samples)"
+        )
+        selection = select_hyperparameters(config, splits, log)
 
     probe_n = config.probe_train_size
     X_probe, y_probe = _head(probe_n, splits.X_train, splits.y_train)
@@ -452,6 +471,20 @@ def run_benchmark(
         return result["test_error"]
 
     rows, spectra = [], {}
+    finished = {row["model"]: row for row in previous["rows"]} if previous else {}
+    earlier_spectra = {k: np.asarray(v) for k, v in previous["spectra"].items()} if previous else {}
+    earlier_time = previous["total_time_s"] if previous else 0.0
+    resumed = [*previous.get("resumed", []), sorted(finished)] if previous else []
+
+    def reuse(name: str) -> bool:
+        """Take ``name``'s row (and spectrum) from the run being resumed, if it finished there."""
+        if name not in finished:
+            return False
+        rows.append(finished[name])
+        if name in earlier_spectra:
+            spectra[name] = earlier_spectra[name]
+        log(_progress_line(finished[name]) + "  (from the resumed run)")
+        return True
 
     def save(row: dict[str, Any] | None = None, *, complete: bool = False) -> dict[str, Any]:
         """Write results.json, results.md and the figures after every model, so a stopped run keeps what finished."""
@@ -461,9 +494,11 @@ def run_benchmark(
         results = {
             "command": command, "contractive_version": __version__, "machine": machine_description(),
             "config": config.to_dict(), "data": d, "selection": selection, "rows": rows,
-            "spectra": {k: v.tolist() for k, v in spectra.items()}, "total_time_s": time.perf_counter() - started,
-            "complete": complete,
+            "spectra": {k: np.asarray(v).tolist() for k, v in spectra.items()},
+            "total_time_s": earlier_time + time.perf_counter() - started, "complete": complete,
         }  # fmt: skip
+        if resumed:
+            results["resumed"] = resumed
         checkpoint.write_json(out / "results.json", results)
         error_vs_jacobian_figure(rows, out / "error_vs_jacobian.png")
         if spectra:
@@ -472,6 +507,8 @@ def run_benchmark(
         return results
 
     for name in PRETRAINED:
+        if reuse(name):
+            continue
         params = selection[name]["chosen"]
         model, wall, per_epoch = train_autoencoder(name, params, config, splits.X_train, epochs=config.epochs)
         measures = encoder_measures(model.encoder, splits.X_test, config.spectrum_points)
@@ -483,20 +520,22 @@ def run_benchmark(
             reconstruction_error=evaluate(model, as_tensor(splits.X_test))["reconstruction_error"],
             train_time_s=wall, time_per_epoch_s=per_epoch,
         ))  # fmt: skip
-    _references(config, splits, X_probe, probe, tune, log, save, spectra)
+    _references(config, splits, X_probe, probe, tune, log, save, spectra, reuse)
     results = save(complete=True)
     log(f"wrote results.md, results.json, error_vs_jacobian.png and spectra.png to {out}")
     return results
 
 
-def _references(config, splits, X_probe, probe, tune, log, save, spectra):
+def _references(config, splits, X_probe, probe, tune, log, save, spectra, reuse):
     from sklearn.decomposition import PCA
     from sklearn.neural_network import BernoulliRBM
 
     X_train, X_test = splits.X_train, splits.X_test
 
     # BernoulliRBM: same hidden size; PCD training for `epochs` passes; fine-tuned as a sigmoid encoder.
-    if X_train.min() >= 0 and X_train.max() <= 1:
+    if reuse("RBM"):
+        pass
+    elif X_train.min() >= 0 and X_train.max() <= 1:
         rbm = BernoulliRBM(
             n_components=config.hidden, learning_rate=config.rbm_lr, batch_size=config.batch_size,
             n_iter=config.epochs, random_state=config.seed,
@@ -521,21 +560,26 @@ def _references(config, splits, X_probe, probe, tune, log, save, spectra):
 
     # PCA with as many components as hidden units where possible.
     k = min(config.hidden, X_train.shape[1], X_train.shape[0])
-    t0 = time.perf_counter()
-    pca = PCA(n_components=k, random_state=config.seed).fit(X_train)
-    wall = time.perf_counter() - t0
-    encoder = sigmoid_encoder(pca.components_, -pca.components_ @ pca.mean_, nn.Identity())
-    measures = encoder_measures(encoder, X_test, config.spectrum_points)
-    X_hat = pca.inverse_transform(measures["codes"])
-    save(_row(
-        f"PCA-{k}", params={"n_components": k}, **probe(pca.transform(X_probe), measures["codes"]),
-        jacobian_norm=measures["jacobian_norm"], reconstruction_error=float(((X_hat - X_test) ** 2).sum(axis=1).mean()),
-        train_time_s=wall,
-    ))  # fmt: skip
+    if not reuse(f"PCA-{k}"):
+        t0 = time.perf_counter()
+        pca = PCA(n_components=k, random_state=config.seed).fit(X_train)
+        wall = time.perf_counter() - t0
+        encoder = sigmoid_encoder(pca.components_, -pca.components_ @ pca.mean_, nn.Identity())
+        measures = encoder_measures(encoder, X_test, config.spectrum_points)
+        X_hat = pca.inverse_transform(measures["codes"])
+        save(_row(
+            f"PCA-{k}", params={"n_components": k}, **probe(pca.transform(X_probe), measures["codes"]),
+            jacobian_norm=measures["jacobian_norm"],
+            reconstruction_error=float(((X_hat - X_test) ** 2).sum(axis=1).mean()), train_time_s=wall,
+        ))  # fmt: skip
 
-    save(_row("raw", **probe(X_probe, X_test), jacobian_norm=math.sqrt(X_train.shape[1]), reconstruction_error=0.0))
+    if not reuse("raw"):
+        raw_norm = math.sqrt(X_train.shape[1])
+        save(_row("raw", **probe(X_probe, X_test), jacobian_norm=raw_norm, reconstruction_error=0.0))
 
     # The same encoder shape from a random start: its frozen features, and fine-tuning without pretraining.
+    if reuse("random init"):
+        return
     seed_everything(config.seed)
     template = Autoencoder(model_setup("AE", {}, config, X_train.shape[1], epochs=1)[0]).encoder
     encoder = random_like(template, seed=config.seed)
@@ -606,6 +650,9 @@ def format_report(results: dict[str, Any]) -> str:
         f"Total wall time {results['total_time_s'] / 60:.1f} min.",
         "",
     ]
+    for i, kept in enumerate(results.get("resumed", []), start=1):
+        lines += [f"Resumed (run {i + 1}) after a stop, keeping the selection and the finished rows: "
+                  f"{', '.join(kept) or 'none'}; the other rows come from the resumed run.", ""]  # fmt: skip
     if not results.get("complete", True):
         lines += ["**Partial results**: the run has not finished (or was stopped); only the rows below exist.", ""]
     if c["quick"]:
@@ -716,6 +763,30 @@ def error_vs_jacobian_figure(rows: list[dict[str, Any]], path: Path) -> Path:
         ax.set_title(f"{title} test error vs encoder contraction")
         ax.set_xscale("log")
     return plots._save(fig, path)
+
+
+def load_resumable(out: Path, config: BenchmarkConfig) -> dict[str, Any]:
+    """The ``results.json`` in ``out`` if a run with ``config`` can continue it; else a clear error."""
+    path = out / "results.json"
+    if not path.is_file():
+        raise ContractiveError(f"cannot resume: no results.json in {str(out)!r}; run without --resume")
+    try:
+        previous = load_results(path)
+        keys = ("config", "data", "selection", "rows", "spectra", "total_time_s", "command")
+        missing = [k for k in keys if k not in previous]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ContractiveError(f"cannot resume: {path} is not a readable results file ({exc})") from None
+    if not isinstance(previous, dict) or missing:
+        raise ContractiveError(f"cannot resume: {path} is not a benchmark results file (missing {', '.join(missing)})")
+    # JSON turns tuples into lists; compare both configurations as JSON.
+    wanted = json.loads(json.dumps(config.to_dict()))
+    differs = sorted(k for k in wanted.keys() | previous["config"].keys() if wanted.get(k) != previous["config"].get(k))
+    if differs:
+        raise ContractiveError(
+            f"cannot resume: {path} was made with other options ({', '.join(d.replace('_', '-') for d in differs)} "
+            "differ); pass the same options, or start afresh with --force"
+        )
+    return previous
 
 
 def load_results(path: str | Path) -> dict[str, Any]:

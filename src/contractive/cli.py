@@ -456,7 +456,12 @@ def report(run_dirs, out, data, split, skip, n_points, fraction, eps, seed) -> N
 @click.option("--lam-grid", default=None, help="Comma-separated λ values for the CAE (CAE+H reuses the chosen λ).")
 @click.option("--gamma-grid", default=None, help="Comma-separated γ values for CAE+H.")
 @click.option("--force", is_flag=True, help="Overwrite results in a non-empty --out directory.")
-def benchmark(data, quick, out, force, **sizes) -> None:
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue a stopped run in --out (same options): keep its selection and finished rows, train the rest.",
+)
+def benchmark(data, quick, out, force, resume, **sizes) -> None:
     """Train AE, AE+wd, DAE-g, DAE-b, CAE, CAE+H, RBM, PCA (and raw pixels) on DATA under one protocol.
 
     Writes results.md (table), results.json and figures (error vs ‖J_f‖_F, spectra) to --out.
@@ -475,12 +480,17 @@ def benchmark(data, quick, out, force, **sizes) -> None:
     config = BenchmarkConfig.quick_defaults(**overrides) if quick else BenchmarkConfig(**overrides)
     if out is None:
         out = Path("benchmarks") / "results" / (Path(data).name + ("-quick" if quick else ""))
-    prepare_run_dir(out, overwrite=force)
+    if resume and force:
+        raise ContractiveError("--resume continues the results in --out and --force overwrites them; pass one")
+    if not resume:
+        prepare_run_dir(out, overwrite=force)
     # The command that reproduces this run, with every option that was set spelled out.
     words = ["contractive", "benchmark", "--data", data, *(["--quick"] if quick else []), "--out", str(out)]
     words += [f"--{k.replace('_', '-')}={sizes[k]}" for k in overrides]
     command = " ".join(shlex.quote(w) for w in words)
-    results = run_benchmark(data, config, out, command=command, log=lambda line: click.echo(line, err=True))
+    results = run_benchmark(
+        data, config, out, command=command, log=lambda line: click.echo(line, err=True), resume=resume
+    )
     click.echo(format_table(results["rows"]))
 
 
