@@ -160,7 +160,8 @@ def test_resume_trains_only_the_missing_models_and_gets_the_same_rows(quick_run,
     shutil.copytree(out, stopped)
     # As if stopped after the CAE: five rows written, the run marked incomplete.
     partial = {**full, "rows": full["rows"][:5], "complete": False,
-               "spectra": {k: v for k, v in full["spectra"].items() if k in PRETRAINED[:5]}}  # fmt: skip
+               "spectra": {k: v for k, v in full["spectra"].items() if k in PRETRAINED[:5]},
+               "machine": {**full["machine"], "cpu": "Earlier CPU"}}  # fmt: skip
     (stopped / "results.json").write_text(json.dumps(partial))
     proc = cli("benchmark", "--data", "digits", "--quick", "--out", str(stopped), *TINY, "--resume", timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -176,6 +177,9 @@ def test_resume_trains_only_the_missing_models_and_gets_the_same_rows(quick_run,
     assert resumed["total_time_s"] > partial["total_time_s"]
     text = (stopped / "results.md").read_text()
     assert "Resumed (run 2) after a stop" in text and "Partial results" not in text
+    # The kept rows' timings come from the first run's machine, and the report says which one that was.
+    assert resumed["earlier_machines"] == [partial["machine"]] and resumed["machine"] == full["machine"]
+    assert "Run 1 ran on Earlier CPU (" in text
 
 
 def test_resume_refuses_other_options_missing_results_and_force(quick_run, cli, tmp_path):

@@ -475,6 +475,8 @@ def run_benchmark(
     earlier_spectra = {k: np.asarray(v) for k, v in previous["spectra"].items()} if previous else {}
     earlier_time = previous["total_time_s"] if previous else 0.0
     resumed = [*previous.get("resumed", []), sorted(finished)] if previous else []
+    # The kept rows' timings were measured on the earlier run's machine: keep its description next to ours.
+    earlier_machines = [*previous.get("earlier_machines", []), previous["machine"]] if previous else []
 
     def reuse(name: str) -> bool:
         """Take ``name``'s row (and spectrum) from the run being resumed, if it finished there."""
@@ -498,7 +500,7 @@ def run_benchmark(
             "total_time_s": earlier_time + time.perf_counter() - started, "complete": complete,
         }  # fmt: skip
         if resumed:
-            results["resumed"] = resumed
+            results["resumed"], results["earlier_machines"] = resumed, earlier_machines
         checkpoint.write_json(out / "results.json", results)
         error_vs_jacobian_figure(rows, out / "error_vs_jacobian.png")
         if spectra:
@@ -637,6 +639,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _machine_line(m: dict[str, Any]) -> str:
+    return f"{m['cpu']} ({m['cpu_count']} CPUs, {m['torch_threads']} torch threads), {m['platform']}"
+
+
 def format_report(results: dict[str, Any]) -> str:
     """``results.md``: command, versions, machine, protocol, the selection grids and the table."""
     c, d, m = results["config"], results["data"], results["machine"]
@@ -646,13 +652,14 @@ def format_report(results: dict[str, Any]) -> str:
         f"Command: `{results['command']}`" if results["command"] else "Command: (called from Python)",
         "",
         f"contractive {results['contractive_version']}, torch {m['torch']}, Python {m['python']}; "
-        f"{m['cpu']} ({m['cpu_count']} CPUs, {m['torch_threads']} torch threads), {m['platform']}. "
-        f"Total wall time {results['total_time_s'] / 60:.1f} min.",
+        f"{_machine_line(m)}. Total wall time {results['total_time_s'] / 60:.1f} min.",
         "",
     ]
+    earlier_machines = results.get("earlier_machines", [])
     for i, kept in enumerate(results.get("resumed", []), start=1):
+        where = f" Run {i} ran on {_machine_line(earlier_machines[i - 1])}." if i <= len(earlier_machines) else ""
         lines += [f"Resumed (run {i + 1}) after a stop, keeping the selection and the finished rows: "
-                  f"{', '.join(kept) or 'none'}; the other rows come from the resumed run.", ""]  # fmt: skip
+                  f"{', '.join(kept) or 'none'}; the other rows come from the resumed run.{where}", ""]  # fmt: skip
     if not results.get("complete", True):
         lines += ["**Partial results**: the run has not finished (or was stopped); only the rows below exist.", ""]
     if c["quick"]:
