@@ -118,6 +118,18 @@ def test_pickled_npy_is_refused(tmp_path):
         load_dataset(str(tmp_path / "obj.npy"))
 
 
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+@pytest.mark.parametrize(("content", "why"), [(b"P5\n8 8\n255\n", "does not start with"), (b"", "it is empty")])
+def test_file_that_is_not_numpy_is_named_as_such(tmp_path, suffix, content, why):
+    path = tmp_path / f"fake{suffix}"
+    path.write_bytes(content)
+    with pytest.raises(ContractiveError, match=f"cannot read .*fake\\{suffix}: not a NumPy .*{why}") as info:
+        load_dataset(str(path))
+    message = str(info.value)
+    assert message.startswith(f"cannot read {path}: not a NumPy ") and message.count("cannot read") == 1
+    assert "pickle" not in message
+
+
 def test_missing_path_and_unknown_format(tmp_path):
     with pytest.raises(ContractiveError, match="does not exist"):
         load_dataset(str(tmp_path / "nope.npy"))

@@ -384,8 +384,20 @@ def _load_idx_dir(directory: Path, split: str, mmap: bool | None = None) -> Data
     return Dataset(X2, y, shape, {"name": directory.name, "format": "idx", "split": prefix, "files": files})
 
 
+# np.load reads a file whose first bytes are neither of these as a pickle, and with allow_pickle=False it then
+# blames "pickled (object) data": checking the magic first names the real problem.
+FILE_MAGIC = {".npy": (b"\x93NUMPY", "a NumPy .npy file"), ".npz": (b"PK", "a NumPy .npz (zip) archive")}
+
+
 def _load_array_file(path: Path, loader) -> Any:
     try:
+        if path.suffix.lower() in FILE_MAGIC:
+            magic, kind = FILE_MAGIC[path.suffix.lower()]
+            with open(path, "rb") as fh:
+                start = fh.read(len(magic))
+            if start != magic:
+                what = "it is empty" if not start else "it does not start with that format's header"
+                raise ValueError(f"not {kind} ({what})")
         return loader(path)
     except (OSError, ValueError, EOFError) as exc:
         raise ContractiveError(f"cannot read {path}: {exc}") from None
