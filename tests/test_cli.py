@@ -128,6 +128,40 @@ def test_corrupt_checkpoint_and_missing_run(trained_run, tmp_path, capsys):
     assert code == 2 and "does not exist" in err
 
 
+def test_outputs_that_cannot_be_written_are_refused_before_the_work(trained_run, tmp_path, capsys):
+    data = tmp_path / "x.npy"
+    np.save(data, np.full((4, 64), 0.5, dtype=np.float32))
+    before = data.read_bytes()
+    (tmp_path / "adir.npy").mkdir()
+    cases = [
+        (["encode", str(trained_run), "--data", str(data), "--output", str(data)],
+         f"error: output '{data}' is the input data file; choose another name"),
+        (["encode", str(trained_run), "--data", str(data), "--output", str(tmp_path / "adir.npy")],
+         f"error: output '{tmp_path / 'adir.npy'}' is a directory"),
+        (["diagnose", str(trained_run), "--data", str(data), "--n-points", "4", "--json", str(tmp_path / "no/d.json")],
+         f"error: output directory '{tmp_path / 'no'}' does not exist"),
+    ]  # fmt: skip
+    for args, message in cases:
+        code, out, err = invoke(capsys, *args)
+        assert (code, err) == (2, message + "\n"), args
+        assert out == ""  # refused before any work was done
+    assert data.read_bytes() == before
+
+
+def test_write_errors_are_one_line(tmp_path):
+    from contractive.checkpoint import write_json
+    from contractive.errors import ContractiveError
+
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(ContractiveError, match=f"^cannot write {tmp_path / 'taken'}: Is a directory$"):
+        write_json(tmp_path / "taken", {"a": 1})
+    with pytest.raises(
+        ContractiveError, match=f"^cannot write {tmp_path / 'no' / 'f.json'}: No such file or directory$"
+    ):
+        write_json(tmp_path / "no" / "f.json", {"a": 1})
+    assert [p.name for p in tmp_path.iterdir()] == ["taken"]  # no temporary file left behind
+
+
 def test_encode_rejects_data_of_the_wrong_width(trained_run, tmp_path, capsys):
     np.save(tmp_path / "wide.npy", np.zeros((3, 65)))
     code, _, err = invoke(capsys, "encode", str(trained_run), "--data", str(tmp_path / "wide.npy"))

@@ -52,11 +52,17 @@ _EPOCH_DIR = re.compile(r"epoch-(\d{6,})")
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` and rename the result onto ``path`` only if it succeeded."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # missing directory, no permission, read-only or pseudo file system
+        raise ContractiveError(f"cannot write {path}: {exc.strerror or exc}") from None
     os.close(fd)
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as exc:  # e.g. the disk filled up, or path is a directory: the old file is untouched
+        Path(tmp).unlink(missing_ok=True)
+        raise ContractiveError(f"cannot write {path}: {exc.strerror or exc}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

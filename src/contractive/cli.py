@@ -7,6 +7,7 @@ during training exits with 130 after keeping the last complete checkpoint.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -245,8 +246,10 @@ def encode(run_dir, data, output, split, limit, device, batch_size) -> None:
 
     if output.suffix != ".npy":
         raise ContractiveError(f"output {str(output)!r} must end in .npy")
-    if not output.resolve().parent.is_dir():
-        raise ContractiveError(f"output directory {str(output.parent)!r} does not exist")
+    _check_output_file(output)
+    if output.exists() and Path(data).is_file() and os.path.samefile(data, output):
+        # The codes would replace the data they are computed from (which may still be memory-mapped).
+        raise ContractiveError(f"output {str(output)!r} is the input data file; choose another name")
     if batch_size < 1:
         raise ContractiveError(f"batch size must be ≥ 1, got {batch_size}")
     run = load_run(run_dir)
@@ -359,6 +362,14 @@ def _diagnostic_points(spec: str, split: str, skip: int, n_points: int) -> tuple
     return X, f"{where}, samples {skip}–{skip + X.shape[0] - 1}"
 
 
+def _check_output_file(path: Path) -> None:
+    """Refuse an output file that cannot be created, before any work is done for it."""
+    if not path.resolve().parent.is_dir():
+        raise ContractiveError(f"output directory {str(path.parent)!r} does not exist")
+    if path.is_dir():
+        raise ContractiveError(f"output {str(path)!r} is a directory")
+
+
 @app.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--data", required=True, help="'digits', an IDX directory, or a .npy/.npz/.csv file.")
@@ -369,6 +380,8 @@ def diagnose(run_dir, data, split, skip, n_points, fraction, eps, seed, json_pat
     from .checkpoint import load_run, write_json
     from .diagnostics import diagnose as measure
 
+    if json_path is not None:
+        _check_output_file(json_path)  # before the work, not after it
     run = load_run(run_dir)
     X, label = _diagnostic_points(data, split, skip, n_points)
     if X.shape[1] != run.model.config.n_features:
