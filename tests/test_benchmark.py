@@ -144,6 +144,13 @@ def test_bad_inputs_are_one_line_errors(cli, tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'unlabelled.npy'}: the benchmark needs labels, and this dataset has none"
     ]
+    one_class = tmp_path / "one_class.npz"
+    np.savez(one_class, X=np.random.default_rng(0).random((50, 4)), y=np.zeros(50, dtype=np.int64))
+    proc = cli("benchmark", "--data", str(one_class), "--quick", "--out", str(tmp_path / "o1"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {one_class}: the benchmark needs at least 2 classes in its training split, found 1"
+    ]
 
 
 # Measured quantities of a row; times differ between runs, everything else is seeded.

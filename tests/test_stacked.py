@@ -136,6 +136,21 @@ def test_finetuning_learns_the_labels_and_does_not_touch_the_pretrained_stack(di
     assert all(torch.equal(before[k], v) for k, v in stack.state_dict().items())
 
 
+def test_finetuning_treats_labels_as_class_names(digits):
+    encoder = StackedAutoencoder(stack_config(layers=[16])).encoder
+    X, y = digits.X[:240], digits.y[:240]
+    config = TrainConfig(epochs=2, batch_size=32, lr=0.02, val_fraction=0)
+    as_indices = finetune(copy.deepcopy(encoder), X[:200], y[:200], X[200:], y[200:], config)
+    # Sparse, huge class names: the same ten classes, so the same head size, the same seeded run, the same errors.
+    renamed = y.astype(np.int64) * 20_000_000 + 7
+    as_names = finetune(copy.deepcopy(encoder), X[:200], renamed[:200], X[200:], renamed[200:], config)
+    assert (as_names["train_error"], as_names["test_error"]) == (as_indices["train_error"], as_indices["test_error"])
+    with pytest.raises(
+        ContractiveError, match="^fine-tuning needs at least 2 classes in the training labels, found 1$"
+    ):
+        finetune(encoder, X[:200], np.full(200, 3), X[200:], y[200:], config)
+
+
 def test_cosine_schedule_decays_from_the_base_rate_to_zero_and_is_used_by_finetuning(digits):
     assert [lr_factor("cosine", step, 4) for step in range(5)] == pytest.approx(
         [1.0, 0.5 + 0.5 * math.cos(math.pi / 4), 0.5, 0.5 - 0.5 * math.cos(math.pi / 4), 0.0]

@@ -240,6 +240,9 @@ def make_splits(spec: str, config: BenchmarkConfig) -> Splits:
         "n_test": int(len(X_test)),
         "n_features": int(X_train.shape[1]),
     }
+    if np.unique(y_train).size < 2:  # the probe and the softmax head need two classes to tell apart
+        raise ContractiveError(f"{spec}: the benchmark needs at least 2 classes in its training split, found "
+                               f"{np.unique(y_train).size}")  # fmt: skip
     return Splits(X_train, y_train, X_val, y_val, X_test, y_test, description)
 
 

@@ -222,8 +222,15 @@ def finetune(
     """
     if schedule not in SCHEDULES:
         raise ContractiveError(f"unknown learning-rate schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
-    y_train, y_test = np.asarray(y_train, dtype=np.int64), np.asarray(y_test, dtype=np.int64)
-    n_classes = int(max(y_train.max(), y_test.max())) + 1
+    # Labels are class names, not indices: map them to 0..K−1 so that labels such as {3, 7} or 2e8 give a head
+    # with as many outputs as there are classes.
+    classes, codes = np.unique(np.concatenate([np.asarray(y_train), np.asarray(y_test)]), return_inverse=True)
+    y_train, y_test = codes[: len(y_train)].astype(np.int64), codes[len(y_train) :].astype(np.int64)
+    if np.unique(y_train).size < 2:
+        raise ContractiveError(
+            f"fine-tuning needs at least 2 classes in the training labels, found {np.unique(y_train).size}"
+        )
+    n_classes = len(classes)
     seed_everything(config.seed)
     model = Classifier(encoder, code_size(encoder), n_classes)
     nn.init.zeros_(model.head.weight)  # same head start for every encoder: only the encoder differs
