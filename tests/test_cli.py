@@ -207,3 +207,41 @@ def test_ctrl_c_exits_130_and_keeps_a_loadable_checkpoint(tmp_path):
     assert proc.returncode == 130 and "interrupted after" in err and "Traceback" not in err
     run = load_run(out)
     assert len(run.history) >= 1 and run.model.config.hidden == 64
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "ae", "--lam", "0.5"], "--lam has no effect with --model ae (it has no Jacobian penalty)"),
+        (["--model", "ae", "--penalty-method", "projection"],
+         "--penalty-method has no effect with --model ae (it is read by --model cae / rcae / caeh)"),
+        (["--noise", "masking"], "--noise has no effect with --model cae (it is read by --model dae)"),
+        (["--model", "dae", "--noise", "masking", "--sigma", "0.2"],
+         "--sigma has no effect with --noise masking (it is for --noise gaussian)"),
+        (["--model", "dae", "--mask-prob", "0.3"],
+         "--mask-prob has no effect with --noise gaussian (it is for --noise masking)"),
+        (["--model", "cae", "--gamma", "2"], "--gamma has no effect with --model cae (it is read by --model caeh)"),
+        (["--patience", "2", "--val-fraction", "0"],
+         "--patience needs validation data to stop on; it has no effect with --val-fraction 0"),
+    ],
+)  # fmt: skip
+def test_options_that_would_do_nothing_are_refused(args, message, tmp_path, capsys):
+    code, _, err = invoke(capsys, "train", "--out", str(tmp_path / "run"), "--epochs", "1", "--no-progress", *args)
+    assert (code, err) == (2, f"error: {message}\n")
+    assert not (tmp_path / "run").exists()
+
+
+def test_options_read_by_the_chosen_criterion_are_accepted(tmp_path, capsys):
+    cases = [
+        (["--model", "dae", "--noise", "masking", "--mask-prob", "0.3"], {"model": "dae", "noise": "masking",
+                                                                          "mask_prob": 0.3}),
+        (["--model", "caeh", "--gamma", "2", "--sigma", "0.2", "--n-corruptions", "2"],
+         {"model": "caeh", "gamma": 2.0, "sigma": 0.2, "n_corruptions": 2}),
+    ]  # fmt: skip
+    for i, (args, expected) in enumerate(cases):
+        out = tmp_path / f"run{i}"
+        code, _, err = invoke(capsys, "train", "--data", "digits", "--limit", "100", "--hidden", "8", "--epochs", "1",
+                              "--no-progress", "--out", str(out), *args)  # fmt: skip
+        assert code == 0, err
+        model = json.loads((out / "config.json").read_text())["model"]
+        assert {k: model[k] for k in expected} == expected

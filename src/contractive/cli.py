@@ -210,6 +210,25 @@ def _relative_options(model_kind, penalty_on, noise, sigma, mask_prob, gamma, n_
 
     if model_kind in ("ae", "dae") and given("lam") and ctx.params["lam"] != 0:
         raise ContractiveError(f"--lam has no effect with --model {model_kind} (it has no Jacobian penalty)")
+    # Options that only some criteria read: giving one to another criterion would silently do nothing.
+    readers = {
+        "penalty_method": ("cae", "rcae", "caeh"), "n_projections": ("cae", "rcae", "caeh"),
+        "noise": ("dae",), "mask_prob": ("dae",), "sigma": ("dae", "caeh"), "gamma": ("caeh",),
+        "n_corruptions": ("caeh",),
+    }  # fmt: skip
+    kind = "rcae" if penalty_on == "reconstruction" else model_kind
+    for name, models in readers.items():
+        if given(name) and kind in models and name == "mask_prob" and noise != "masking":
+            raise ContractiveError("--mask-prob has no effect with --noise gaussian (it is for --noise masking)")
+        if given(name) and kind in models and name == "sigma" and kind == "dae" and noise == "masking":
+            raise ContractiveError("--sigma has no effect with --noise masking (it is for --noise gaussian)")
+        if given(name) and kind not in models and kind in ("ae", "cae", "dae", "rcae", "caeh"):
+            option = "--" + name.replace("_", "-")
+            raise ContractiveError(
+                f"{option} has no effect with --model {kind} (it is read by --model {' / '.join(models)})"
+            )
+    if given("patience") and ctx.params["patience"] > 0 and ctx.params["val_fraction"] == 0:
+        raise ContractiveError("--patience needs validation data to stop on; it has no effect with --val-fraction 0")
     sizes: list[int] = []
     if layers is not None:
         try:
