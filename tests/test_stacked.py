@@ -218,3 +218,34 @@ def test_cli_trains_a_stack_then_finetunes_it_against_a_random_start(capsys, tmp
     for name in ("pretrained", "random_init"):
         assert 0 <= saved[name]["test_error"] < 0.6, saved[name]  # chance is 0.9
         assert f"{100 * saved[name]['test_error']:6.2f}%" in out
+
+
+def test_an_interrupted_stack_says_it_cannot_resume_and_is_not_used_as_finished(capsys, tmp_path, monkeypatch):
+    import contractive.stacked as stacked
+
+    real_fit, calls = stacked.fit, []
+
+    def fit_interrupted_in_layer_2(layer, X, V, config, **kwargs):
+        result = real_fit(layer, X, V, config, **kwargs)
+        calls.append(len(calls) + 1)
+        result.interrupted = len(calls) == 2  # as if Ctrl-C came during the second layer's second epoch
+        result.history = result.history[:1] if result.interrupted else result.history
+        return result
+
+    monkeypatch.setattr(stacked, "fit", fit_interrupted_in_layer_2)
+    run_dir = tmp_path / "stack"
+    code, _, err = run_main(
+        capsys, "train", "--data", "digits", "--limit", "200", "--layers", "16,8,4", "--epochs", "2",
+        "--no-progress", "--out", str(run_dir),
+    )  # fmt: skip
+    assert code == 130 and calls == [1, 2]
+    assert (
+        err
+        == "interrupted in layer 2 of 3 after 3 complete epoch(s); a stack cannot be resumed: train it again with --force\n"
+    )
+    refusal = (f"error: {run_dir} is a stacked run interrupted while training layer 2 of 3: the layers above it were "
+               "never trained and stacks cannot be resumed; train it again (with --force)\n")  # fmt: skip
+    code, _, err = run_main(capsys, "encode", str(run_dir), "--data", "digits", "--output", str(tmp_path / "c.npy"))
+    assert (code, err) == (2, refusal) and not (tmp_path / "c.npy").exists()
+    code, out, _ = run_main(capsys, "info", str(run_dir))  # info still shows what is there
+    assert code == 0 and json.loads(out)["metrics"]["interrupted"] is True

@@ -130,8 +130,12 @@ def load_state_strict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], 
     model.load_state_dict(tensors, strict=True)
 
 
-def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu") -> Run:
-    """Load a run directory written by :func:`contractive.training.fit` / ``contractive train``."""
+def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu", allow_unfinished_stack: bool = False) -> Run:
+    """Load a run directory written by :func:`contractive.training.fit` / ``contractive train``.
+
+    A stacked run that was interrupted has untrained layers above the one it stopped in, and stacks cannot
+    be resumed: such a run is refused unless ``allow_unfinished_stack`` (``contractive info`` shows it).
+    """
     path = Path(run_dir)
     if not path.is_dir():
         raise ContractiveError(f"run directory {str(run_dir)!r} does not exist")
@@ -153,6 +157,13 @@ def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu") -> Run:
     if (path / HISTORY).is_file():
         with open(path / HISTORY, encoding="utf-8") as fh:
             history = [json.loads(line) for line in fh if line.strip()]
+    layers = config["model"].get("layers") or []
+    if layers and metrics.get("interrupted") and not allow_unfinished_stack:
+        stopped_in = history[-1]["layer"] + 1 if history else 1
+        raise ContractiveError(
+            f"{path} is a stacked run interrupted while training layer {stopped_in} of {len(layers)}: the layers "
+            "above it were never trained and stacks cannot be resumed; train it again (with --force)"
+        )
     return Run(path, model, config, metrics, history)
 
 

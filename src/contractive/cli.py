@@ -163,7 +163,12 @@ def train(ctx, data, out, hidden, encoder_layers, arch, conv_channels, lam, acti
         is_main = context.is_main
     if run.result.interrupted:
         done = len(run.result.history)
-        click.echo(f"interrupted after {done} complete epoch(s); last checkpoint kept in {run.run_dir}", err=True)
+        if model_config.layers:
+            stopped_in = run.result.history[-1]["layer"] + 1 if run.result.history else 1
+            click.echo(f"interrupted in layer {stopped_in} of {len(model_config.layers)} after {done} complete "
+                       f"epoch(s); a stack cannot be resumed: train it again with --force", err=True)  # fmt: skip
+        else:
+            click.echo(f"interrupted after {done} complete epoch(s); last checkpoint kept in {run.run_dir}", err=True)
         sys.exit(130)
     if not is_main:
         return
@@ -283,7 +288,7 @@ def info(run_dir) -> None:
     """Print a run's config and final metrics as JSON."""
     from .checkpoint import load_run
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, allow_unfinished_stack=True)
     click.echo(json.dumps({"config": run.config, "metrics": run.metrics}, indent=2))
 
 
