@@ -245,3 +245,23 @@ def test_options_read_by_the_chosen_criterion_are_accepted(tmp_path, capsys):
         assert code == 0, err
         model = json.loads((out / "config.json").read_text())["model"]
         assert {k: model[k] for k in expected} == expected
+
+
+def test_a_run_stopped_before_its_first_epoch_can_simply_be_started_again(trained_run, tmp_path, capsys):
+    # What Ctrl-C during data loading or the first epoch leaves behind: config.json alone.
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    (stopped / "config.json").write_bytes((trained_run / "config.json").read_bytes())
+    code, _, err = invoke(capsys, "train", "--resume", str(stopped))
+    assert (code, err) == (2, f"error: {stopped} stopped before its first epoch finished: nothing to resume; run "
+                              "the same command without --resume (the directory is reused)\n")  # fmt: skip
+    code, _, err = invoke(capsys, "train", "--data", "digits", "--limit", "100", "--hidden", "8", "--epochs", "1",
+                          "--no-progress", "--out", str(stopped))  # fmt: skip
+    assert code == 0, err
+    assert (stopped / "model.safetensors").is_file()
+    # A config.json that is not one of ours is somebody's file: still refused without --force.
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "config.json").write_text('{"model": "resnet"}')
+    code, _, err = invoke(capsys, "train", "--data", "digits", "--epochs", "1", "--no-progress", "--out", str(foreign))
+    assert code == 2 and "is not empty" in err and (foreign / "config.json").read_text() == '{"model": "resnet"}'

@@ -525,9 +525,13 @@ def benchmark(data, quick, out, force, resume, **sizes) -> None:
     words = ["contractive", "benchmark", "--data", data, *(["--quick"] if quick else []), "--out", str(out)]
     words += [f"--{k.replace('_', '-')}={sizes[k]}" for k in overrides]
     command = " ".join(shlex.quote(w) for w in words)
-    results = run_benchmark(
-        data, config, out, command=command, log=lambda line: click.echo(line, err=True), resume=resume
-    )
+    try:
+        results = run_benchmark(
+            data, config, out, command=command, log=lambda line: click.echo(line, err=True), resume=resume
+        )
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: the finished rows are in {out}; the same command with --resume continues", err=True)
+        sys.exit(130)
     click.echo(format_table(results["rows"]))
 
 

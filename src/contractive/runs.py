@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import platform
 import shutil
 from pathlib import Path
@@ -36,12 +37,23 @@ class TrainedRun:
     figures: list[Path]
 
 
+def _never_trained(path: Path) -> bool:
+    """Whether ``path`` holds only the config.json of a run stopped before its first epoch: nothing to lose."""
+    if [p.name for p in path.iterdir()] != [checkpoint.CONFIG]:
+        return False
+    try:
+        config = json.loads((path / checkpoint.CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "contractive_version" in config and "model" in config
+
+
 def prepare_run_dir(run_dir: str | Path, *, overwrite: bool = False) -> Path:
     """Create ``run_dir``; refuse to clobber an existing run unless ``overwrite``."""
     path = Path(run_dir)
     if path.exists() and not path.is_dir():
         raise ContractiveError(f"output {str(path)!r} exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
+    if path.is_dir() and any(path.iterdir()) and not overwrite and not _never_trained(path):
         raise ContractiveError(f"output directory {str(path)!r} is not empty; choose another --out or pass --force")
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -168,6 +180,11 @@ def resume_settings(run_dir: str | Path) -> tuple[dict[str, Any], ModelConfig, T
     if not isinstance(config, dict) or not {"model", "training", "data"} <= set(config):
         raise ContractiveError(f"{path / checkpoint.CONFIG} lacks a model, training or data section")
     if checkpoint.latest_training_checkpoint(path) is None:
+        if _never_trained(path):
+            raise ContractiveError(
+                f"{path} stopped before its first epoch finished: nothing to resume; run the same command "
+                "without --resume (the directory is reused)"
+            )
         raise ContractiveError(
             f"{path} has no resumable checkpoint ({checkpoint.CHECKPOINTS}/epoch-*): nothing to resume"
         )
