@@ -16,6 +16,7 @@ from contractive import ContractiveError
 from contractive.benchmark import (
     PRETRAINED,
     BenchmarkConfig,
+    compare_with_paper,
     encoder_measures,
     linear_probe,
     make_splits,
@@ -124,6 +125,22 @@ def test_measures_match_brute_force_jacobians():
     h = 1 / (1 + np.exp(-(X @ encoder[0].weight.detach().numpy().T + encoder[0].bias.detach().numpy())))
     expected_sat = 100 * np.mean((h <= 0.05) | (h >= 0.95))
     assert measures["saturation"] == pytest.approx(expected_sat)
+
+
+def test_comparison_with_the_paper_counts_pairs_and_ranks(recwarn):
+    # Errors here in the paper's own order except AE+wd and AE swapped; ‖J_f‖ ranked like the errors.
+    errors = {"CAE": 0.01, "DAE-g": 0.02, "RBM": 0.03, "DAE-b": 0.04, "AE+wd": 0.06, "AE": 0.05}
+    rows = [{"model": m, "finetune_error": e, "probe_error": 0.1, "jacobian_norm": 100 * e} for m, e in errors.items()]
+    lines = compare_with_paper(rows)
+    fine, probe = [line for line in lines if line.startswith("- ")]
+    text = "\n".join(lines)
+    assert "Pairs of the paper's ordering that hold: 14 of 15." in fine
+    assert "AE+wd < AE: no (-1.00 pt)" in text and "CAE < AE: yes (+4.00 pt)" in text
+    assert "with fine-tuned error over 6 models: +1.00." in text
+    # Every model has the same probe error: every pair is a tie, and the rank correlation is undefined.
+    assert "Pairs of the paper's ordering that hold: 0 of 15." in probe
+    assert "with linear probe error over 6 models: undefined (equal for every model)." in text
+    assert not [w for w in recwarn if "constant" in str(w.message).lower()]  # no scipy ConstantInputWarning
 
 
 def test_linear_probe_reports_non_convergence():

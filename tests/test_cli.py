@@ -165,7 +165,7 @@ def test_write_errors_are_one_line(tmp_path):
 def test_encode_rejects_data_of_the_wrong_width(trained_run, tmp_path, capsys):
     np.save(tmp_path / "wide.npy", np.zeros((3, 65)))
     code, _, err = invoke(capsys, "encode", str(trained_run), "--data", str(tmp_path / "wide.npy"))
-    assert code == 2 and "has 65 features but the model expects 64" in err
+    assert (code, err) == (2, f"error: {tmp_path / 'wide.npy'} has 65 features but the model expects 64\n")
 
 
 def test_entry_point_runs_as_a_program(cli, tmp_path):

@@ -738,9 +738,12 @@ def compare_with_paper(rows: list[dict[str, Any]]) -> list[str]:
         ]
         models = [m for m in present if by_name[m][key] is not None and by_name[m]["jacobian_norm"] is not None]
         if len(models) >= 3:
-            rho = _spearman([by_name[m]["jacobian_norm"] for m in models], [by_name[m][key] for m in models])
+            norms, errors = [by_name[m]["jacobian_norm"] for m in models], [by_name[m][key] for m in models]
+            # A rank correlation with a constant list is undefined (scipy warns and returns NaN): say so instead.
+            rho = "undefined (equal for every model)" if len(set(norms)) < 2 or len(set(errors)) < 2 else (
+                f"{_spearman(norms, errors):+.2f}")  # fmt: skip
             lines.append(f"  Spearman rank correlation of mean ‖J_f‖_F with {label} error over {len(models)} models: "
-                         f"{rho:+.2f}.")  # fmt: skip
+                         f"{rho}.")  # fmt: skip
     return [*lines, ""]
 
 

@@ -278,6 +278,10 @@ def encode(run_dir, data, output, split, limit, device, batch_size) -> None:
         raise ContractiveError(f"batch size must be ≥ 1, got {batch_size}")
     run = load_run(run_dir)
     dataset = load_dataset(data, split=split, limit=limit)
+    if dataset.X.shape[1] != run.model.config.n_features:
+        raise ContractiveError(
+            f"{data} has {dataset.X.shape[1]} features but the model expects {run.model.config.n_features}"
+        )
     shape = encode_to_npy(run.model, dataset.X, output, batch_size=batch_size, device=device)
     click.echo(f"wrote codes of shape {shape} to {output}")
 
