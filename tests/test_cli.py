@@ -265,3 +265,20 @@ def test_a_run_stopped_before_its_first_epoch_can_simply_be_started_again(traine
     (foreign / "config.json").write_text('{"model": "resnet"}')
     code, _, err = invoke(capsys, "train", "--data", "digits", "--epochs", "1", "--no-progress", "--out", str(foreign))
     assert code == 2 and "is not empty" in err and (foreign / "config.json").read_text() == '{"model": "resnet"}'
+
+
+def test_a_file_given_as_run_dir_and_a_bad_value_in_config_json_are_named(trained_run, tmp_path, capsys):
+    a_file = tmp_path / "codes.npy"
+    np.save(a_file, np.zeros((2, 2)))
+    for command in (["info", str(a_file)], ["train", "--resume", str(a_file)]):
+        code, _, err = invoke(capsys, *command)
+        assert (code, err) == (2, f"error: '{a_file}' is a file, not a run directory\n"), command
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    for name in ("model.safetensors", "metrics.json"):
+        (edited / name).write_bytes((trained_run / name).read_bytes())
+    config = json.loads((trained_run / "config.json").read_text())
+    config["model"]["activation"] = "swish"
+    (edited / "config.json").write_text(json.dumps(config))
+    code, _, err = invoke(capsys, "info", str(edited))
+    assert code == 2 and err.startswith(f"error: {edited / 'config.json'}: unknown activation 'swish'")

@@ -130,19 +130,35 @@ def load_state_strict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], 
     model.load_state_dict(tensors, strict=True)
 
 
+def require_run_dir(run_dir: str | Path) -> Path:
+    """``run_dir`` as a Path, or a clear error when it is missing or is not a directory."""
+    path = Path(run_dir)
+    if not path.exists():
+        raise ContractiveError(f"run directory {str(run_dir)!r} does not exist")
+    if not path.is_dir():
+        raise ContractiveError(f"{str(run_dir)!r} is a file, not a run directory")
+    return path
+
+
+def config_from(source: Path, config_class, fields: Any):
+    """``config_class.from_dict(fields)``, with an invalid value blamed on the file it came from."""
+    try:
+        return config_class.from_dict(fields)
+    except ContractiveError as exc:
+        raise ContractiveError(f"{source}: {exc}") from None
+
+
 def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu", allow_unfinished_stack: bool = False) -> Run:
     """Load a run directory written by :func:`contractive.training.fit` / ``contractive train``.
 
     A stacked run that was interrupted has untrained layers above the one it stopped in, and stacks cannot
     be resumed: such a run is refused unless ``allow_unfinished_stack`` (``contractive info`` shows it).
     """
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise ContractiveError(f"run directory {str(run_dir)!r} does not exist")
+    path = require_run_dir(run_dir)
     config = read_json(path / CONFIG)
     if not isinstance(config, dict) or "model" not in config:
         raise ContractiveError(f"{path / CONFIG} has no 'model' section")
-    model = build_model(ModelConfig.from_dict(config["model"]))
+    model = build_model(config_from(path / CONFIG, ModelConfig, config["model"]))
     weights = path / WEIGHTS
     if not weights.is_file():
         raise ContractiveError(f"{weights} is missing: the run has no completed epoch yet")

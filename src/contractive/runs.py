@@ -173,9 +173,7 @@ def resume_settings(run_dir: str | Path) -> tuple[dict[str, Any], ModelConfig, T
         ``spec``, ``split`` and ``limit`` to pass to :func:`contractive.load_dataset`.
     model_config, train_config
     """
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise ContractiveError(f"run directory {str(run_dir)!r} does not exist")
+    path = checkpoint.require_run_dir(run_dir)
     config = checkpoint.read_json(path / checkpoint.CONFIG)
     if not isinstance(config, dict) or not {"model", "training", "data"} <= set(config):
         raise ContractiveError(f"{path / checkpoint.CONFIG} lacks a model, training or data section")
@@ -193,7 +191,12 @@ def resume_settings(run_dir: str | Path) -> tuple[dict[str, Any], ModelConfig, T
     data = {"spec": described.get("spec"), "split": split, "limit": described.get("limit")}
     if not data["spec"]:
         raise ContractiveError(f"{path / checkpoint.CONFIG} does not record the data spec; cannot reload the data")
-    return data, ModelConfig.from_dict(config["model"]), TrainConfig.from_dict(config["training"])
+    source = path / checkpoint.CONFIG
+    return (
+        data,
+        checkpoint.config_from(source, ModelConfig, config["model"]),
+        checkpoint.config_from(source, TrainConfig, config["training"]),
+    )
 
 
 def _check_resumable(path: Path, config: dict[str, Any]) -> None:
