@@ -9,8 +9,23 @@ A spec is one of
   ``x``, optional labels ``y``; otherwise its only array), or a numeric ``.csv`` file (an optional header
   row is skipped).
 
-Images stored as integers (IDX, uint8 arrays) are scaled to [0, 1]. Every problem is reported as a
-:class:`~contractive.errors.ContractiveError` naming the file and what is wrong with it.
+Values must be real numbers (bool, integer or float; not complex, strings or dates). Integers are read as
+image pixels and scaled to [0, 1] by one rule, whatever the file format:
+
+- ``uint8`` (the IDX ``ubyte`` type): 8-bit pixels, divided by 255;
+- any other integer type holding only 0 and 1: binary images, kept as they are;
+- any other integer type holding values in 0..255: 8-bit pixels stored in a wider type, divided by 255;
+- any other integer values (negative, or above 255 as in 16-bit images) are refused: their scale cannot be
+  told from the data, so convert them to floats in [0, 1] yourself.
+
+Booleans become 0/1 and floats are kept as they are (float64 values beyond float32's range count as
+infinite, which is an error like NaN).
+
+Labels (IDX label files, ``y`` in a ``.npz``) must be one non-negative integer per sample: integer or bool
+arrays, or floats that are finite and integer-valued; they are returned as int64.
+
+Every problem is reported as a :class:`~contractive.errors.ContractiveError` naming the file and what is
+wrong with it (never as a NumPy warning or traceback).
 
 Data larger than memory: a ``.npy`` file (or an uncompressed IDX image file) bigger than
 :data:`MMAP_MIN_BYTES`, or any of them with ``mmap=True``, is not read but opened memory-mapped as a
@@ -22,6 +37,9 @@ from __future__ import annotations
 
 import gzip
 import math
+import warnings
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,16 +78,19 @@ class MappedArray:
         Byte offset of the first value (the ``.npy`` or IDX header length).
     rows : ndarray of int, optional
         The stored rows this view exposes, in order (a subset such as a train split); all if None.
+    divisor : float, optional
+        What each value read is divided by (255 for 8-bit pixels); None reads the values as they are.
+        :func:`map_file` sets it by the module's integer rule.
     """
 
     ndim = 2
     dtype = np.dtype(np.float32)
 
-    def __init__(self, path, dtype, shape, offset: int, rows: np.ndarray | None = None):
+    def __init__(self, path, dtype, shape, offset: int, rows: np.ndarray | None = None, divisor: float | None = None):
         self.path, self.stored_dtype, self.stored_shape, self.offset = Path(path), np.dtype(dtype), shape, offset
         self.n_features = math.prod(shape[1:])
         self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
-        self.divisor = 255.0 if self.stored_dtype == np.uint8 else None  # 8-bit images → [0, 1]
+        self.divisor = divisor
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -86,7 +107,7 @@ class MappedArray:
         """A lazy view of rows ``indices`` of this view (nothing is read)."""
         selected = np.arange(len(self))[indices] if not isinstance(indices, np.ndarray) else indices
         base = np.asarray(selected, dtype=np.int64) if self.rows is None else self.rows[selected]
-        return MappedArray(self.path, self.stored_dtype, self.stored_shape, self.offset, base)
+        return MappedArray(self.path, self.stored_dtype, self.stored_shape, self.offset, base, self.divisor)
 
     def __getitem__(self, key) -> np.ndarray:
         """Rows ``key`` (int, slice or integer array) as a float32 array of shape (k, n_features)."""
@@ -109,8 +130,10 @@ class MappedArray:
     def _read(self, stored_rows) -> np.ndarray:
         mapped = np.memmap(self.path, dtype=self.stored_dtype, mode="r", offset=self.offset, shape=self.stored_shape)
         try:
-            # A copy (never a view): the result must outlive the mapping and be writable.
-            block = np.array(mapped[stored_rows], dtype=np.float32, copy=True).reshape(-1, self.n_features)
+            # A copy (never a view): the result must outlive the mapping and be writable. float64 values
+            # beyond float32's range become inf without a warning, as in _to_float; validation names them.
+            with np.errstate(over="ignore"):
+                block = np.array(mapped[stored_rows], dtype=np.float32, copy=True).reshape(-1, self.n_features)
         finally:
             del mapped  # unmap now: the touched pages leave this process's RSS
         if self.divisor is not None:
@@ -255,14 +278,80 @@ def _image_shape(n_features: int) -> tuple[int, int] | None:
     return (side, side) if side * side == n_features else None
 
 
+def _check_real(dtype: np.dtype, source: str) -> None:
+    # Kinds b, i, u, f: bool, signed, unsigned, float. Casting complex to float would silently keep the
+    # real part (with a ComplexWarning), and timedelta64 counts as an integer to NumPy.
+    if dtype.kind not in "biuf":
+        raise ContractiveError(f"{source}: expected real numeric data, got dtype {dtype}")
+
+
+def _integer_divisor(dtype: np.dtype, X, source: str) -> float | None:
+    """What integer data are divided by to reach [0, 1] (the rule in the module docstring); None: as is.
+
+    ``X`` (an array or :class:`MappedArray` reading raw values) is only scanned for its range when
+    ``dtype`` is neither uint8 nor a non-integer type.
+    """
+    if dtype.kind not in "iu":
+        return None
+    if dtype == np.uint8:
+        return 255.0
+    if 0 in X.shape:
+        return None  # nothing to scale; validation reports the empty array
+    lo, hi = int(X.min()), int(X.max())
+    if lo >= 0 and hi <= 1:
+        return None
+    if lo >= 0 and hi <= 255:
+        return 255.0
+    raise ContractiveError(
+        f"{source}: {dtype.name} values range from {lo} to {hi}, but integer data must be 8-bit pixels (0..255) "
+        "or 0/1; convert other ranges to floats in [0, 1] yourself"
+    )
+
+
 def _to_float(X: np.ndarray, source: str) -> np.ndarray:
-    if X.dtype == np.uint8:
+    _check_real(X.dtype, source)
+    divisor = _integer_divisor(X.dtype, X, source)
+    # float64 values beyond float32's range become inf without a RuntimeWarning; validation reports them.
+    with np.errstate(over="ignore"):
         scaled = X.astype(np.float32)
-        scaled /= 255.0  # 8-bit images → [0, 1], in place: one float copy, not two
-        return scaled
-    if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
-        raise ContractiveError(f"{source}: expected numeric data, got dtype {X.dtype}")
-    return X.astype(np.float32)
+    if divisor is not None:
+        scaled /= divisor  # in place: one float copy, not two
+    return scaled
+
+
+def map_file(path: Path, dtype, shape: tuple[int, ...], offset: int) -> MappedArray:
+    """A :class:`MappedArray` over a stored array, scaled by the module's integer rule.
+
+    Integer types other than uint8 take one pass over the file to find their range.
+    """
+    X = MappedArray(path, dtype, shape, offset)
+    _check_real(X.stored_dtype, str(path))
+    X.divisor = _integer_divisor(X.stored_dtype, X, str(path))
+    return X
+
+
+def _labels(y: np.ndarray, source: str, name: str) -> np.ndarray:
+    """``y`` as int64 class ids, or an error naming the first value that is not a non-negative integer."""
+    wanted = f"{source}: {name} must be non-negative integers"
+    if y.dtype.kind not in "biuf":
+        raise ContractiveError(f"{wanted}, but have dtype {y.dtype}")
+    if y.dtype.kind == "f":
+        bad = ~(np.isfinite(y) & (y >= 0) & (y == np.round(y)))
+    else:
+        bad = y < 0
+    if bad.any():
+        raise ContractiveError(f"{wanted}, found {_number(y[np.argmax(bad)])}")
+    # Casting wraps (uint64) or warns (float) beyond int64; there is no class limit below that here.
+    if y.dtype.kind in "uf" and y.size and y.max() >= 2**63:
+        raise ContractiveError(f"{source}: {name} must fit in 64-bit integers, found {_number(y.max())}")
+    return y.astype(np.int64)
+
+
+def _number(value) -> str:
+    """A label value as a user wrote it: 3 (not 3.0), 0.5, NaN, inf."""
+    if np.isnan(value):
+        return "NaN"
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 def _flatten(X: np.ndarray, source: str) -> tuple[np.ndarray, tuple[int, int] | None]:
@@ -319,12 +408,13 @@ def read_idx(path: str | Path, *, mmap: bool = False) -> np.ndarray | MappedArra
                     raise ContractiveError(
                         f"{path}: {what}: header says shape {shape} ({expected} bytes), file has {size}"
                     )
-                return MappedArray(path, dtype, shape, header)
+                return map_file(path, dtype, shape, header)
             values = np.empty(shape, dtype=dtype)
             got = header + _read_into(fh, memoryview(values).cast("B"))
             trailing = len(fh.read(1))
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise ContractiveError(f"cannot read {path}: {exc}") from None
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        # zlib.error: a damaged deflate stream inside a well-formed gzip header.
+        raise ContractiveError(f"cannot read {path}: {str(exc) or 'unexpected end of data'}") from None
     if got != expected or trailing:
         what = "truncated" if got < expected else "has trailing bytes"
         size = got + trailing
@@ -375,7 +465,7 @@ def _load_idx_dir(directory: Path, split: str, mmap: bool | None = None) -> Data
             raise ContractiveError(
                 f"{labels_path}: {y.shape[0] if y.ndim else 0} labels for {X.shape[0]} images in {images.name}"
             )
-        y = y.astype(np.int64)
+        y = _labels(y, str(labels_path), "labels")
     files = [images.name] + ([labels_path.name] if labels_path else [])
     if isinstance(X, MappedArray):
         description = {"name": directory.name, "format": "idx", "split": prefix, "files": files, "mmap": True}
@@ -384,22 +474,37 @@ def _load_idx_dir(directory: Path, split: str, mmap: bool | None = None) -> Data
     return Dataset(X2, y, shape, {"name": directory.name, "format": "idx", "split": prefix, "files": files})
 
 
-# np.load reads a file whose first bytes are neither of these as a pickle, and with allow_pickle=False it then
-# blames "pickled (object) data": checking the magic first names the real problem.
-FILE_MAGIC = {".npy": (b"\x93NUMPY", "a NumPy .npy file"), ".npz": (b"PK", "a NumPy .npz (zip) archive")}
+# np.load reads a file whose first bytes are none of these as a pickle, and with allow_pickle=False it then
+# blames "pickled (object) data": checking the magic first names the real problem. A zip archive starts
+# with a local file header, or (holding no files) with the end-of-central-directory record.
+FILE_MAGIC = {
+    ".npy": ((b"\x93NUMPY",), "a NumPy .npy file"),
+    ".npz": ((b"PK\x03\x04", b"PK\x05\x06"), "a NumPy .npz (zip) archive"),
+}
+
+# What a damaged file with the right header raises from inside np.load: zipfile's own error, zlib's for a
+# corrupt compressed member, EOFError (with no text) for a cut-off one, NotImplementedError for a garbled
+# compression method. Their text alone ("Bad CRC-32 for file 'X.npy'") does not say that the file is damaged.
+_DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError)
 
 
 def _load_array_file(path: Path, loader) -> Any:
     try:
         if path.suffix.lower() in FILE_MAGIC:
-            magic, kind = FILE_MAGIC[path.suffix.lower()]
+            magics, kind = FILE_MAGIC[path.suffix.lower()]
             with open(path, "rb") as fh:
-                start = fh.read(len(magic))
-            if start != magic:
+                start = fh.read(max(map(len, magics)))
+            if start not in magics:
                 what = "it is empty" if not start else "it does not start with that format's header"
                 raise ValueError(f"not {kind} ({what})")
-        return loader(path)
-    except (OSError, ValueError, EOFError) as exc:
+        # loadtxt warns "input contained no data" (with a source line) before returning an empty array, and
+        # np.load warns on some odd headers: the one error (or none) we raise says what is wrong instead.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return loader(path)
+    except _DAMAGED as exc:
+        raise ContractiveError(f"cannot read {path}: damaged file ({str(exc) or 'unexpected end of data'})") from None
+    except (OSError, ValueError) as exc:
         raise ContractiveError(f"cannot read {path}: {exc}") from None
 
 
@@ -410,10 +515,9 @@ def _load_npy(path: Path, mmap: bool | None = None) -> Dataset:
         mapped = _load_array_file(path, lambda p: np.load(p, mmap_mode="r", allow_pickle=False))
         # Row streaming needs C order; a Fortran-ordered file is read into memory as before.
         if isinstance(mapped, np.memmap) and mapped.ndim >= 2 and mapped.flags.c_contiguous:
-            if not (np.issubdtype(mapped.dtype, np.number) or mapped.dtype == bool):
-                raise ContractiveError(f"{path}: expected numeric data, got dtype {mapped.dtype}")
-            X = MappedArray(path, mapped.dtype, mapped.shape, mapped.offset)
+            dtype, shape, offset = mapped.dtype, mapped.shape, mapped.offset
             del mapped
+            X = map_file(path, dtype, shape, offset)
             image_shape = tuple(X.stored_shape[1:3]) if len(X.stored_shape) == 3 else _image_shape(X.n_features)
             return Dataset(X, None, image_shape, {"name": path.stem, "format": "npy", "mmap": True})
         del mapped
@@ -424,7 +528,8 @@ def _load_npy(path: Path, mmap: bool | None = None) -> Dataset:
 
 def _load_npz(path: Path) -> Dataset:
     def read(p: Path) -> dict[str, np.ndarray]:
-        with np.load(p, allow_pickle=False) as archive:
+        # Our own file object: np.load leaves the one it opens unclosed when the zip is damaged.
+        with open(p, "rb") as fh, np.load(fh, allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
 
     arrays = _load_array_file(path, read)
@@ -435,8 +540,10 @@ def _load_npz(path: Path) -> Dataset:
         key = next(iter(arrays))
     X2, shape = _flatten(_to_float(arrays[key], str(path)), str(path))
     y = arrays.get("y")
-    if y is not None and (y.ndim != 1 or y.shape[0] != X2.shape[0]):
-        raise ContractiveError(f"{path}: 'y' has shape {y.shape} but there are {X2.shape[0]} samples")
+    if y is not None:
+        if y.ndim != 1 or y.shape[0] != X2.shape[0]:
+            raise ContractiveError(f"{path}: 'y' has shape {y.shape} but there are {X2.shape[0]} samples")
+        y = _labels(y, str(path), "labels 'y'")
     return Dataset(X2, y, shape, {"name": path.stem, "format": "npz", "array": key})
 
 
@@ -452,5 +559,5 @@ def _load_csv(path: Path) -> Dataset:
         return np.loadtxt(p, delimiter=",", dtype=np.float64, skiprows=skip, ndmin=2)
 
     X = _load_array_file(path, read)
-    X2, shape = _flatten(X.astype(np.float32), str(path))
+    X2, shape = _flatten(_to_float(X, str(path)), str(path))
     return Dataset(X2, None, shape, {"name": path.stem, "format": "csv"})
