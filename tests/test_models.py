@@ -94,3 +94,15 @@ def test_auto_reconstruction_resolves_from_data_range():
     assert config.resolve_reconstruction(-1.0, 1.0).reconstruction == "squared_error"
     with pytest.raises(ContractiveError, match="needs data in"):
         ModelConfig(n_features=3, reconstruction="bce").resolve_reconstruction(0.0, 2.0)
+
+
+def test_building_with_auto_reconstruction_says_what_to_do():
+    with pytest.raises(ContractiveError) as error:
+        Autoencoder(ModelConfig(n_features=64, hidden=8))
+    assert str(error.value) == (
+        "ModelConfig.reconstruction is 'auto', which is decided from the data: pass reconstruction='bce' or "
+        "'squared_error', or call config.resolve_reconstruction(X.min(), X.max()) first"
+    )
+    # The advice works as given.
+    assert Autoencoder(ModelConfig(n_features=64, hidden=8).resolve_reconstruction(0.0, 1.0)).uses_logits
+

@@ -266,6 +266,14 @@ class ModelConfig:
         if self.layers:
             self.hidden = self.layers[-1]  # the code size of a stack is its top layer
 
+    def check_resolved(self) -> None:
+        """Raise unless ``reconstruction`` is decided: a model is built for one loss, and ``"auto"`` is not one."""
+        _check(
+            self.reconstruction != "auto",
+            "ModelConfig.reconstruction is 'auto', which is decided from the data: pass reconstruction='bce' or "
+            "'squared_error', or call config.resolve_reconstruction(X.min(), X.max()) first",
+        )
+
     def resolve_reconstruction(self, data_min: float, data_max: float) -> ModelConfig:
         """Return a copy with ``reconstruction`` fixed: BCE for [0, 1] data and a sigmoid decoder."""
         in_unit_interval = data_min >= 0.0 and data_max <= 1.0

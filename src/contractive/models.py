@@ -145,8 +145,9 @@ class Autoencoder(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        if config.reconstruction == "auto":
-            raise ContractiveError("resolve config.reconstruction (config.resolve_reconstruction) before building")
+        # Not resolved here from the first data seen: the same config must always build the same model,
+        # and fit / train_run / the estimator resolve it from the whole training set before building.
+        config.check_resolved()
         self.config = config
         self.encoder, self.decoder = build_encoder_decoder(config)
         self.reset_parameters()
