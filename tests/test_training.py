@@ -3,10 +3,22 @@ penalty actually contracts the encoder on real data."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
-from contractive import Autoencoder, ContractiveError, ModelConfig, TrainConfig, evaluate, fit, load_dataset, train_run
+from contractive import (
+    Autoencoder,
+    ContractiveError,
+    ModelConfig,
+    TrainConfig,
+    evaluate,
+    fit,
+    load_dataset,
+    train_run,
+    training,
+)
 from contractive.checkpoint import load_run
 
 
@@ -63,7 +75,6 @@ def test_ctrl_c_keeps_last_complete_epoch(digits, tmp_path):
         if row["epoch"] == 2:
             raise KeyboardInterrupt
 
-    import contractive.training as training
 
     result = training.fit(
         model, digits.X[:300], None, TrainConfig(epochs=5), run_dir=tmp_path, progress=False,
@@ -91,3 +102,41 @@ def test_penalty_contracts_on_digits_while_reconstruction_stays_good(digits, tmp
     assert cae["val_reconstruction_error"] < 0.2 * 4.69
     reloaded = load_run(tmp_path / "lam0.1")
     assert reloaded.metrics["val_jacobian_norm"] == pytest.approx(cae["val_jacobian_norm"])
+
+
+def _reject_non_json_constants(name: str):
+    raise ValueError(f"metrics.jsonl contains {name}, which is not JSON")
+
+
+def test_plain_autoencoder_metrics_are_strict_json(digits, tmp_path):
+    run = train_run(
+        digits, ModelConfig(n_features=64, hidden=16, lam=0.0), TrainConfig(epochs=2), tmp_path / "ae",
+        progress=False, figures=True,
+    )  # fmt: skip
+    lines = (tmp_path / "ae" / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line, parse_constant=_reject_non_json_constants) for line in lines]
+    # The training penalty of a λ = 0 AE is never computed, so it is not recorded; validation computes it.
+    assert [("train_penalty" in row, row["val_penalty"] > 0) for row in rows] == [(False, True), (False, True)]
+    assert run.result.history == rows
+    json.loads((tmp_path / "ae" / "metrics.json").read_text(), parse_constant=_reject_non_json_constants)
+    assert (tmp_path / "ae" / "learning_curves.png").is_file()
+
+
+def test_the_reject_hook_can_fail():
+    with pytest.raises(ValueError, match="NaN, which is not JSON"):
+        json.loads('{"train_penalty": NaN}', parse_constant=_reject_non_json_constants)
+
+
+def test_plain_autoencoder_epoch_line_leaves_out_the_penalty(digits, capsys):
+    fit(small_model(lam=0.0), digits.X[:200], digits.X[200:300], TrainConfig(epochs=1), progress=True)
+    out = capsys.readouterr().out
+    # Rich may wrap the epoch line, so look at the metric names anywhere in the output.
+    shown = [word for word in out.split() if word.startswith(("train_", "val_"))]
+    assert shown == ["train_loss", "train_reconstruction", "val_loss", "val_jacobian_norm"]
+    assert "nan" not in out
+
+
+def test_training_with_a_penalty_still_records_it(digits):
+    result = fit(small_model(lam=0.1), digits.X[:200], None, TrainConfig(epochs=1), progress=False)
+    assert result.history[0]["train_penalty"] > 0
+
