@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,7 +20,9 @@ from contractive import (
     train_run,
     training,
 )
+from contractive import data as data_module
 from contractive.checkpoint import load_run
+from contractive.data import MappedArray
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +78,7 @@ def test_ctrl_c_keeps_last_complete_epoch(digits, tmp_path):
         if row["epoch"] == 2:
             raise KeyboardInterrupt
 
+    import contractive.training as training
 
     result = training.fit(
         model, digits.X[:300], None, TrainConfig(epochs=5), run_dir=tmp_path, progress=False,
@@ -140,3 +144,66 @@ def test_training_with_a_penalty_still_records_it(digits):
     result = fit(small_model(lam=0.1), digits.X[:200], None, TrainConfig(epochs=1), progress=False)
     assert result.history[0]["train_penalty"] > 0
 
+
+def fit_error(X, X_val=None, **model_overrides) -> str:
+    values = {"n_features": 64, "hidden": 8, "reconstruction": "bce"} | model_overrides
+    with pytest.raises(ContractiveError) as error:
+        fit(Autoencoder(ModelConfig(**values)), X, X_val, TrainConfig(epochs=1), progress=False)
+    return str(error.value)
+
+
+def with_bad_value(X: np.ndarray, row: int, value: float) -> np.ndarray:
+    X = X.copy()
+    X[row, 5] = value
+    return X
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_training_data_is_named_not_blamed_on_the_learning_rate(digits, value):
+    X = with_bad_value(digits.X[:300], 217, value)
+    assert fit_error(X) == "training data contain NaN or inf (first at row 217)"
+    assert fit_error(torch.as_tensor(X)) == "training data contain NaN or inf (first at row 217)"
+
+
+def test_non_finite_validation_data_is_rejected(digits):
+    X_val = with_bad_value(digits.X[300:400], 42, np.nan)
+    assert fit_error(digits.X[:300], X_val) == "validation data contain NaN or inf (first at row 42)"
+
+
+def test_non_finite_check_finds_rows_in_later_chunks(digits, monkeypatch):
+    monkeypatch.setattr(training, "CHUNK_BYTES", 64 * 4 * 10)  # 10-row chunks
+    X = with_bad_value(digits.X[:300], 217, np.nan)
+    assert fit_error(X) == "training data contain NaN or inf (first at row 217)"
+
+
+def test_non_finite_rows_in_a_mapped_file_are_found_chunk_by_chunk(digits, tmp_path, monkeypatch):
+    path = tmp_path / "rows.f32"
+    with_bad_value(digits.X[:300], 217, np.inf).astype(np.float32).tofile(path)
+    monkeypatch.setattr(data_module, "CHUNK_BYTES", 64 * 4 * 10)
+    mapped = MappedArray(path, np.float32, (300, 64), 0)
+    assert fit_error(mapped) == "training data contain NaN or inf (first at row 217)"
+    assert fit_error(digits.X[:300], mapped) == "validation data contain NaN or inf (first at row 217)"
+
+
+def test_wrong_number_of_features_is_named(digits):
+    assert fit_error(digits.X[:100, :32]) == "training data have 32 features but the model expects 64"
+    assert fit_error(digits.X[:100], digits.X[:10, :32]) == "validation data have 32 features but the model expects 64"
+    assert fit_error(digits.X[:100].ravel()) == "training data must be 2-D (samples × features), got shape (6400,)"
+
+
+def test_bce_on_data_outside_the_unit_interval_is_rejected(digits, tmp_path):
+    expected = (
+        "binary cross-entropy needs data in [0, 1]; training data have values in [0, 10]: "
+        "scale the data or use reconstruction='squared_error'"
+    )
+    assert fit_error(digits.X[:100] * 10) == expected
+    path = tmp_path / "rows.f32"
+    (digits.X[:100] * 10).astype(np.float32).tofile(path)
+    assert fit_error(MappedArray(path, np.float32, (100, 64), 0)) == expected
+    assert fit_error(digits.X[:100], digits.X[:10] - 0.5) == (
+        "binary cross-entropy needs data in [0, 1]; validation data have values in [-0.5, 0.5]: "
+        "scale the data or use reconstruction='squared_error'"
+    )
+    # Squared error takes any finite data.
+    model = Autoencoder(ModelConfig(n_features=64, hidden=8, decoder="linear", reconstruction="squared_error"))
+    fit(model, digits.X[:100] * 10, None, TrainConfig(epochs=1), progress=False)
