@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -94,3 +95,39 @@ def test_auto_reconstruction_resolves_from_data_range():
     assert config.resolve_reconstruction(-1.0, 1.0).reconstruction == "squared_error"
     with pytest.raises(ContractiveError, match="needs data in"):
         ModelConfig(n_features=3, reconstruction="bce").resolve_reconstruction(0.0, 2.0)
+
+
+def test_building_with_auto_reconstruction_says_what_to_do():
+    with pytest.raises(ContractiveError) as error:
+        Autoencoder(ModelConfig(n_features=64, hidden=8))
+    assert str(error.value) == (
+        "ModelConfig.reconstruction is 'auto', which is decided from the data: pass reconstruction='bce' or "
+        "'squared_error', or call config.resolve_reconstruction(X.min(), X.max()) first"
+    )
+    # The advice works as given.
+    assert Autoencoder(ModelConfig(n_features=64, hidden=8).resolve_reconstruction(0.0, 1.0)).uses_logits
+
+
+def test_encode_and_decode_accept_arrays_in_the_models_dtype():
+    model = make(lam=0.1)  # float64 weights
+    X = np.random.default_rng(0).random((5, 6), dtype=np.float32)
+    codes = model.encode(X)
+    assert codes.dtype == torch.float64 and codes.shape == (5, 4)
+    torch.testing.assert_close(codes, model.encode(torch.as_tensor(X, dtype=torch.float64)))
+    torch.testing.assert_close(model(X.tolist()), model.decode(codes))
+    assert model.decode(codes.detach().numpy()).shape == (5, 6)
+
+
+@pytest.mark.parametrize(
+    "call, value, message",
+    [
+        ("encode", np.zeros((3, 32)), "data to encode must have shape (n_samples, 6), got (3, 32)"),
+        ("encode", np.zeros(6), "data to encode must have shape (n_samples, 6), got (6,)"),
+        ("encode", [["a"] * 6], "data to encode must be numbers, got an array of dtype <U1"),
+        ("decode", np.zeros((2, 6)), "codes to decode must have shape (n_samples, 4), got (2, 6)"),
+    ],
+)
+def test_encoding_arrays_of_the_wrong_shape_is_a_clear_error(call, value, message):
+    with pytest.raises(ContractiveError) as error:
+        getattr(make(lam=0.1), call)(value)
+    assert str(error.value) == message

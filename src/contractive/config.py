@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .activations import ACTIVATION_NAMES
 from .errors import ContractiveError
 from .penalty import METHODS as PENALTY_METHODS
@@ -36,9 +38,42 @@ PENALTY_TARGETS = ("encoder", "reconstruction")
 DEFAULT_LAM = 0.1
 
 
+# Seeds reach torch, NumPy and scikit-learn (benchmark baselines): sklearn's random_state is a legacy
+# RandomState, which takes [0, 2**32 - 1] only, so that is the range every seed is held to.
+MAX_SEED = 2**32 - 1
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ContractiveError(message)
+
+
+def _is_integer(value: Any) -> bool:
+    # bool is an int subclass, but True as a layer size is a mistake, not a 1.
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _integer(config: Any, name: str) -> int:
+    """Check that field ``name`` is an integer (NumPy's too) and store it as a plain int, for JSON."""
+    value = getattr(config, name)
+    _check(_is_integer(value), f"{name} must be an integer, got {value!r}")
+    setattr(config, name, int(value))
+    return int(value)
+
+
+def _number(config: Any, name: str) -> float:
+    """Check that field ``name`` is a real number (ints and NumPy floats too) and store it as a float.
+
+    Strings are rejected rather than parsed: ``lam="0.1"`` is a caller's bug, and the range messages
+    that follow would otherwise print it as if it were the number 0.1.
+    """
+    value = getattr(config, name)
+    _check(
+        isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool),
+        f"{name} must be a number, got {value!r}",
+    )
+    setattr(config, name, float(value))
+    return float(value)
 
 
 @dataclass
@@ -127,14 +162,11 @@ class ModelConfig:
     conv_channels: list[int] | None = None
 
     def __post_init__(self) -> None:
-        _check(
-            isinstance(self.n_features, int) and self.n_features >= 1,
-            f"n_features must be ≥ 1, got {self.n_features}",
-        )
+        _check(_integer(self, "n_features") >= 1, f"n_features must be ≥ 1, got {self.n_features}")
         self.encoder_layers = _int_list(self.encoder_layers, "encoder_layers", "each encoder layer size")
         if self.hidden is None:
             self.hidden = self.encoder_layers[-1] if self.encoder_layers else DEFAULT_HIDDEN
-        _check(isinstance(self.hidden, int) and self.hidden >= 1, f"hidden size must be ≥ 1, got {self.hidden}")
+        _check(_integer(self, "hidden") >= 1, f"hidden size must be ≥ 1, got {self.hidden}")
         if self.encoder_layers:
             _check(
                 self.encoder_layers[-1] == self.hidden,
@@ -171,10 +203,8 @@ class ModelConfig:
             f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATION_NAMES)}",
         )
         _check(self.decoder in DECODERS, f"unknown decoder {self.decoder!r}; choose one of {', '.join(DECODERS)}")
-        _check(
-            isinstance(self.lam, (int, float)) and math.isfinite(self.lam) and self.lam >= 0,
-            f"lam (λ) must be a finite number ≥ 0, got {self.lam}",
-        )
+        lam = _number(self, "lam")
+        _check(math.isfinite(lam) and lam >= 0, f"lam (λ) must be a finite number ≥ 0, got {lam}")
         _check(
             self.reconstruction in RECONSTRUCTIONS,
             f"unknown reconstruction loss {self.reconstruction!r}; choose one of {', '.join(RECONSTRUCTIONS)}",
@@ -192,12 +222,7 @@ class ModelConfig:
             "penalty method 'closed_form' needs a single dense layer; use 'exact', 'projection' or 'auto' for "
             "deep and convolutional encoders",
         )
-        _check(
-            isinstance(self.n_projections, int)
-            and not isinstance(self.n_projections, bool)
-            and self.n_projections >= 1,
-            f"n_projections must be an integer ≥ 1, got {self.n_projections}",
-        )
+        _check(_integer(self, "n_projections") >= 1, f"n_projections must be an integer ≥ 1, got {self.n_projections}")
         self._check_relatives()
 
     def _check_relatives(self) -> None:
@@ -217,27 +242,17 @@ class ModelConfig:
         if self.model in ("ae", "dae"):
             self.lam = 0.0  # no Jacobian penalty: record what is actually trained
         _check(self.noise in NOISES, f"unknown noise {self.noise!r}; choose one of {', '.join(NOISES)}")
+        sigma = _number(self, "sigma")
+        _check(math.isfinite(sigma) and sigma > 0, f"sigma (noise std) must be a finite number > 0, got {sigma}")
+        _check(0 <= _number(self, "mask_prob") < 1, f"mask_prob must be in [0, 1), got {self.mask_prob}")
+        gamma = _number(self, "gamma")
+        _check(math.isfinite(gamma) and gamma >= 0, f"gamma (γ) must be a finite number ≥ 0, got {gamma}")
+        _check(_integer(self, "n_corruptions") >= 1, f"n_corruptions must be ≥ 1, got {self.n_corruptions}")
         _check(
-            isinstance(self.sigma, (int, float)) and math.isfinite(self.sigma) and self.sigma > 0,
-            f"sigma (noise std) must be a finite number > 0, got {self.sigma}",
-        )
-        _check(
-            isinstance(self.mask_prob, (int, float)) and 0 <= self.mask_prob < 1,
-            f"mask_prob must be in [0, 1), got {self.mask_prob}",
-        )
-        _check(
-            isinstance(self.gamma, (int, float)) and math.isfinite(self.gamma) and self.gamma >= 0,
-            f"gamma (γ) must be a finite number ≥ 0, got {self.gamma}",
-        )
-        _check(
-            isinstance(self.n_corruptions, int) and self.n_corruptions >= 1,
-            f"n_corruptions must be ≥ 1, got {self.n_corruptions}",
-        )
-        _check(
-            isinstance(self.layers, (list, tuple)) and all(isinstance(h, int) and h >= 1 for h in self.layers),
+            isinstance(self.layers, (list, tuple)) and all(_is_integer(h) and h >= 1 for h in self.layers),
             f"layers must be a list of hidden sizes ≥ 1, got {self.layers}",
         )
-        self.layers = list(self.layers)
+        self.layers = [int(h) for h in self.layers]
         _check(
             not (self.layers and self.penalty_method == "closed_form"),
             "a stack's encoder has several layers, so penalty_method 'closed_form' cannot report its penalty; "
@@ -250,6 +265,14 @@ class ModelConfig:
         )
         if self.layers:
             self.hidden = self.layers[-1]  # the code size of a stack is its top layer
+
+    def check_resolved(self) -> None:
+        """Raise unless ``reconstruction`` is decided: a model is built for one loss, and ``"auto"`` is not one."""
+        _check(
+            self.reconstruction != "auto",
+            "ModelConfig.reconstruction is 'auto', which is decided from the data: pass reconstruction='bce' or "
+            "'squared_error', or call config.resolve_reconstruction(X.min(), X.max()) first",
+        )
 
     def resolve_reconstruction(self, data_min: float, data_max: float) -> ModelConfig:
         """Return a copy with ``reconstruction`` fixed: BCE for [0, 1] data and a sigmoid decoder."""
@@ -296,26 +319,26 @@ class TrainConfig:
             self.precision in PRECISIONS,
             f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}",
         )
-        _check(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be ≥ 1, got {self.epochs}")
-        _check(
-            isinstance(self.batch_size, int) and self.batch_size >= 1,
-            f"batch size must be ≥ 1, got {self.batch_size}",
-        )
-        _check(math.isfinite(self.lr) and self.lr > 0, f"learning rate must be > 0, got {self.lr}")
+        _check(_integer(self, "epochs") >= 1, f"epochs must be ≥ 1, got {self.epochs}")
+        _check(_integer(self, "batch_size") >= 1, f"batch size must be ≥ 1, got {self.batch_size}")
+        lr = _number(self, "lr")
+        _check(math.isfinite(lr) and lr > 0, f"learning rate must be > 0, got {lr}")
         _check(
             self.optimizer in OPTIMIZERS,
             f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}",
         )
-        _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        _check(0 <= _number(self, "momentum") < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        weight_decay = _number(self, "weight_decay")
+        _check(math.isfinite(weight_decay) and weight_decay >= 0, f"weight decay must be ≥ 0, got {weight_decay}")
         _check(
-            math.isfinite(self.weight_decay) and self.weight_decay >= 0,
-            f"weight decay must be ≥ 0, got {self.weight_decay}",
+            0 <= _integer(self, "seed") <= MAX_SEED,
+            f"seed must be an integer in [0, 2**32 - 1], got {self.seed}",
         )
-        _check(0 <= self.val_fraction < 1, f"validation fraction must be in [0, 1), got {self.val_fraction}")
         _check(
-            isinstance(self.patience, int) and self.patience >= 0,
-            f"patience must be ≥ 0, got {self.patience}",
+            0 <= _number(self, "val_fraction") < 1,
+            f"validation fraction must be in [0, 1), got {self.val_fraction}",
         )
+        _check(_integer(self, "patience") >= 0, f"patience must be ≥ 0, got {self.patience}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -334,11 +357,8 @@ def _int_list(values: Any, name: str, what: str) -> list[int] | None:
         f"{name} must be a non-empty list of integers, got {values!r}",
     )
     for value in values:
-        _check(
-            isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-            f"{what} must be an integer ≥ 1, got {value!r} in {name}",
-        )
-    return list(values)
+        _check(_is_integer(value) and value >= 1, f"{what} must be an integer ≥ 1, got {value!r} in {name}")
+    return [int(value) for value in values]
 
 
 def _from_dict(cls, values: dict[str, Any], section: str):

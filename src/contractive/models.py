@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -145,8 +146,9 @@ class Autoencoder(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        if config.reconstruction == "auto":
-            raise ContractiveError("resolve config.reconstruction (config.resolve_reconstruction) before building")
+        # Not resolved here from the first data seen: the same config must always build the same model,
+        # and fit / train_run / the estimator resolve it from the whole training set before building.
+        config.check_resolved()
         self.config = config
         self.encoder, self.decoder = build_encoder_decoder(config)
         self.reset_parameters()
@@ -165,16 +167,33 @@ class Autoencoder(nn.Module):
         """True when the loss is BCE on decoder logits (numerically stable, no log(0))."""
         return self.config.reconstruction == "bce"
 
-    def encode(self, x: Tensor) -> Tensor:
-        """Codes h = f(x), shape (batch, hidden)."""
-        return self.encoder(x)
+    def _as_input(self, x: Tensor | np.ndarray, width: int, what: str) -> Tensor:
+        """``x`` itself if it is a tensor, else an array-like converted to the model's dtype and device.
 
-    def decode(self, h: Tensor) -> Tensor:
-        """Reconstruction x̂ = g(h), shape (batch, n_features)."""
-        out = self.decoder(h)
+        Tensors pass unchecked: they are what the training loop sends every step. Arrays come from users,
+        so their shape is checked here rather than surfacing as a matrix-multiplication error.
+        """
+        if isinstance(x, Tensor):
+            return x
+        array = np.asarray(x)
+        if array.dtype.kind not in "biuf":
+            raise ContractiveError(f"{what} must be numbers, got an array of dtype {array.dtype}")
+        weight = next(self.parameters())
+        x = torch.as_tensor(array, dtype=weight.dtype, device=weight.device)
+        if x.ndim != 2 or x.shape[1] != width:
+            raise ContractiveError(f"{what} must have shape (n_samples, {width}), got {tuple(x.shape)}")
+        return x
+
+    def encode(self, x: Tensor | np.ndarray) -> Tensor:
+        """Codes h = f(x), shape (batch, hidden). Array-likes are converted to the model's dtype and device."""
+        return self.encoder(self._as_input(x, self.config.n_features, "data to encode"))
+
+    def decode(self, h: Tensor | np.ndarray) -> Tensor:
+        """Reconstruction x̂ = g(h), shape (batch, n_features). Array-likes are converted like in :meth:`encode`."""
+        out = self.decoder(self._as_input(h, self.config.hidden, "codes to decode"))
         return torch.sigmoid(out) if self.config.decoder == "sigmoid" else out
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor | np.ndarray) -> Tensor:
         return self.decode(self.encode(x))
 
     def reconstruction_per_sample(self, x: Tensor, h: Tensor) -> Tensor:

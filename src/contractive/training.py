@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from . import checkpoint
 from .config import TrainConfig
-from .data import MappedArray
+from .data import CHUNK_BYTES, MappedArray
 from .distributed import Context, autocast, check_precision, resolve_device, wrap
 from .errors import ContractiveError
 from .penalty import encode_with_penalty
@@ -54,6 +54,11 @@ class RowReader:
 
     def __len__(self) -> int:
         return self.n_rows
+
+    @property
+    def rows(self) -> Tensor | MappedArray:
+        """The whole data: the converted tensor, or the mapped file (for :func:`evaluate` and checks)."""
+        return self.tensor if self.tensor is not None else self.mapped
 
     def __call__(self, indices: Tensor) -> Tensor:
         """Rows ``indices`` (a 1-D integer tensor), shape (len(indices), n_features), float32."""
@@ -188,9 +193,13 @@ def fit(
     if resume and run_dir is None:
         raise ContractiveError("resume needs the run directory to resume from")
     reader = RowReader(X_train, context.device)
-    val_reader = X_val if X_val is not None and len(X_val) else None
     if len(reader) == 0:
         raise ContractiveError("no training data")
+    _check_data(reader.rows, "training data", model)
+    # Converted once here rather than by evaluate() every epoch.
+    val_reader = RowReader(X_val, context.device).rows if X_val is not None and len(X_val) else None
+    if val_reader is not None:
+        _check_data(val_reader, "validation data", model)
     model.to(context.device)
     optimizer = optimizer if optimizer is not None else make_optimizer(model, config)
     generator = generator if generator is not None else torch.Generator().manual_seed(config.seed)
@@ -242,6 +251,49 @@ def fit(
             _main_writes(context, checkpoint.save_weights, Path(run_dir) / checkpoint.WEIGHTS, model)
     result.train_time_s = time.perf_counter() - started
     return result
+
+
+def _check_data(X: Tensor | MappedArray, what: str, model: nn.Module) -> None:
+    """Reject data the model cannot train on, once at :func:`fit` entry, naming the actual problem.
+
+    Unchecked, NaN or inf in training data shows up as "training diverged" (blaming the learning rate),
+    in validation data as NaN metrics; a wrong width as a matrix-multiplication error; and BCE on data
+    outside [0, 1] as a loss that falls without bound. The pass is chunked, so a memory-mapped file is
+    read once more but never held in memory. Only modules with one of our configs get the width and BCE
+    checks: any module with ``loss()`` may train here.
+    """
+    config = getattr(model, "config", None)
+    n_features = getattr(config, "n_features", None)
+    bce = getattr(config, "reconstruction", None) == "bce"
+    shape = tuple(X.shape)
+    if len(shape) != 2:
+        raise ContractiveError(f"{what} must be 2-D (samples × features), got shape {shape}")
+    if n_features is not None and shape[1] != n_features:
+        raise ContractiveError(f"{what} have {shape[1]} features but the model expects {n_features}")
+    low, high = math.inf, -math.inf
+    for start, block in _row_blocks(X):
+        finite = torch.isfinite(block).all(dim=1)
+        if not bool(finite.all()):
+            first = start + int(finite.logical_not().nonzero()[0])
+            raise ContractiveError(f"{what} contain NaN or inf (first at row {first})")
+        if bce:
+            low, high = min(low, float(block.min())), max(high, float(block.max()))
+    if bce and (low < 0 or high > 1):
+        raise ContractiveError(
+            f"binary cross-entropy needs data in [0, 1]; {what} have values in [{low:g}, {high:g}]: "
+            "scale the data or use reconstruction='squared_error'"
+        )
+
+
+def _row_blocks(X: Tensor | MappedArray):
+    """Yield ``(start, rows)`` tensors of about :data:`~contractive.data.CHUNK_BYTES` each."""
+    if isinstance(X, MappedArray):
+        for start, block in X.chunks():
+            yield start, torch.from_numpy(block)
+        return
+    step = max(1, CHUNK_BYTES // (X.element_size() * max(1, X.shape[1])))
+    for start in range(0, X.shape[0], step):
+        yield start, X[start : start + step]
 
 
 @dataclass
@@ -345,7 +397,10 @@ def _train_one_epoch(
         bar.step(epoch, step, {k: float(v) * context.world_size / seen for k, v in sums.items()})
     keys = sorted(sums)
     totals = context.all_reduce_sum(torch.stack([torch.as_tensor(sums[k]).double() for k in keys]))
-    return {k: float(v) / n for k, v in zip(keys, totals.tolist(), strict=True)}
+    # A term the model did not compute (the penalty of a λ = 0 AE or a DAE in training) comes back as
+    # NaN; the loss was checked finite every step, so any NaN left is that marker. It is left out of the
+    # row rather than recorded: NaN is not valid JSON, and readers take a missing term as not computed.
+    return {k: float(v) / n for k, v in zip(keys, totals.tolist(), strict=True) if not math.isnan(v)}
 
 
 class _ProgressBar:
@@ -378,7 +433,7 @@ class _ProgressBar:
     def step(self, epoch: int, step: int, running: dict[str, float]) -> None:
         if self._progress is None or (step % 5 and step != self.steps):
             return
-        terms = " ".join(f"{k} {v:.4g}" for k, v in running.items())
+        terms = " ".join(f"{k} {v:.4g}" for k, v in running.items() if not math.isnan(v))  # NaN: not computed
         self._progress.update(self._task, completed=step, epoch=epoch, terms=terms)
 
     def epoch_done(self, row: dict[str, Any]) -> None:
