@@ -133,6 +133,9 @@ def test_verbose_prints_one_line_per_epoch(digits, capsys):
         assert re.match(rf"epoch +{epoch}  loss {loss:.6g}  reconstruction .+  penalty .+", line), line
     small(max_iter=2).fit(digits.X[:100])
     assert capsys.readouterr().out == ""
+    small(max_iter=1, lam=0.0, verbose=1).fit(digits.X[:100])  # a plain AE computes no training penalty
+    (line,) = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"epoch +1  loss \S+  reconstruction \S+  \(\d+\.\d\ds\)", line), line
 
 
 def test_fit_then_partial_fit_equals_one_longer_fit(digits):

@@ -278,10 +278,11 @@ class CAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self._history.append(row)
         self.loss_curve_.append(row["train_loss"])
         if self.verbose:
-            penalty = row.get("train_penalty", float("nan"))
+            # A plain AE (lam = 0) does not compute the penalty during training: nothing to show.
+            penalty = f"  penalty {row['train_penalty']:.6g}" if "train_penalty" in row else ""
             print(
                 f"epoch {self.n_iter_:>4}  loss {row['train_loss']:.6g}  "
-                f"reconstruction {row['train_reconstruction']:.6g}  penalty {penalty:.6g}  "
+                f"reconstruction {row['train_reconstruction']:.6g}{penalty}  "
                 f"({row['epoch_time_s']:.2f}s)",
                 flush=True,
             )

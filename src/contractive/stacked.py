@@ -68,8 +68,7 @@ class StackedAutoencoder(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        if config.reconstruction == "auto":
-            raise ContractiveError("resolve config.reconstruction (config.resolve_reconstruction) before building")
+        config.check_resolved()
         self.config = config
         self.layers = nn.ModuleList(Autoencoder(c) for c in layer_configs(config))
 

@@ -441,5 +441,6 @@ class _ProgressBar:
             return
         shown = ("train_loss", "train_reconstruction", "train_penalty", "val_loss", "val_jacobian_norm")
         text = "  ".join(f"{k} {row[k]:.4g}" for k in shown if k in row)
-        self._progress.console.print(f"epoch {row['epoch']:>3}  {text}")
+        # soft_wrap: one line per epoch even when stderr is not a terminal (rich would wrap at 80 columns).
+        self._progress.console.print(f"epoch {row['epoch']:>3}  {text}", soft_wrap=True)
         self._progress.reset(self._task, total=self.steps)
