@@ -418,3 +418,20 @@ def test_grid_sample_projection_uses_reverse_mode_and_forced_forward_mode_is_exp
 def test_bad_options_are_clear_errors(kwargs, message):
     with pytest.raises(ContractiveError, match=message):
         jacobian_frobenius_sq(mixed_mlp(), torch.randn(2, 9, dtype=torch.float64), **kwargs)
+
+
+@pytest.mark.parametrize("method", ["auto", "exact", "projection"])
+@pytest.mark.parametrize(
+    "encoder",
+    [
+        nn.Sequential(nn.Linear(5, 4), nn.Sigmoid()),
+        nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3), nn.Sigmoid()),
+        nn.Sequential(nn.Linear(5, 4), nn.GELU()),
+    ],
+    ids=["closed-form layer", "chain", "generic"],
+)
+def test_an_empty_batch_has_an_empty_penalty_for_every_encoder_and_method(encoder, method):
+    penalty = jacobian_frobenius_sq(encoder, torch.zeros(0, 5), method=method)
+    assert penalty.shape == (0,) and penalty.dtype == torch.float32
+    with pytest.raises(ContractiveError, match="unknown penalty method 'nope'"):
+        jacobian_frobenius_sq(encoder, torch.zeros(0, 5), method="nope")

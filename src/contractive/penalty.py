@@ -190,6 +190,11 @@ def encode_with_penalty(
     """
     if probe not in PROBES:
         raise ContractiveError(f"unknown probe distribution {probe!r}; choose one of {', '.join(PROBES)}")
+    if isinstance(x, Tensor) and x.dim() >= 2 and x.shape[0] == 0:
+        # An empty batch has an empty penalty whatever the method; the strategies below (and the one-sample
+        # probe of the encoder's output) all assume at least one sample.
+        _check_options(method, mode, n_projections)
+        return encoder(x), x.new_zeros((0,))
     plan = choose_method(encoder, x, method=method, n_projections=n_projections, mode=mode)
     _log_plan(encoder, x, plan)
     if plan.strategy == "closed_form":
@@ -201,6 +206,15 @@ def encode_with_penalty(
     # torch.func strategies: check once per encoder that the penalty's own gradient can be taken.
     _check_differentiable_twice(encoder, x, plan.strategy, probe)
     return _run_generic(encoder, x, plan.strategy, n_projections, generator, probe)
+
+
+def _check_options(method: str, mode: str, n_projections: int) -> None:
+    if method not in METHODS:
+        raise ContractiveError(f"unknown penalty method {method!r}; choose one of {', '.join(METHODS)}")
+    if mode not in MODES:
+        raise ContractiveError(f"unknown projection mode {mode!r}; choose one of {', '.join(MODES)}")
+    if not isinstance(n_projections, int) or isinstance(n_projections, bool) or n_projections < 1:
+        raise ContractiveError(f"n_projections must be an integer ≥ 1, got {n_projections!r}")
 
 
 def choose_method(
@@ -226,12 +240,7 @@ def choose_method(
     >>> print(choose_method(nn.Sequential(nn.Linear(4, 3), nn.Sigmoid()), torch.zeros(2, 4)))
     closed_form (closed_form): a single Linear + Sigmoid has a closed form
     """
-    if method not in METHODS:
-        raise ContractiveError(f"unknown penalty method {method!r}; choose one of {', '.join(METHODS)}")
-    if mode not in MODES:
-        raise ContractiveError(f"unknown projection mode {mode!r}; choose one of {', '.join(MODES)}")
-    if not isinstance(n_projections, int) or isinstance(n_projections, bool) or n_projections < 1:
-        raise ContractiveError(f"n_projections must be an integer ≥ 1, got {n_projections!r}")
+    _check_options(method, mode, n_projections)
     if not isinstance(x, Tensor) or x.dim() < 2:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ContractiveError(f"x must be a tensor with a batch dimension, got {shape}")
