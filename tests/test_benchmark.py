@@ -161,6 +161,7 @@ def test_bad_inputs_are_one_line_errors(cli, tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'unlabelled.npy'}: the benchmark needs labels, and this dataset has none"
     ]
+    assert not (tmp_path / "o").exists()  # refused before any output: no empty directory left behind
     one_class = tmp_path / "one_class.npz"
     np.savez(one_class, X=np.random.default_rng(0).random((50, 4)), y=np.zeros(50, dtype=np.int64))
     proc = cli("benchmark", "--data", str(one_class), "--quick", "--out", str(tmp_path / "o1"))

@@ -282,3 +282,21 @@ def test_a_file_given_as_run_dir_and_a_bad_value_in_config_json_are_named(traine
     (edited / "config.json").write_text(json.dumps(config))
     code, _, err = invoke(capsys, "info", str(edited))
     assert code == 2 and err.startswith(f"error: {edited / 'config.json'}: unknown activation 'swish'")
+
+
+def test_run_files_are_not_overwritten_by_other_outputs_and_widths_are_checked(trained_run, tmp_path, capsys):
+    before = {name: (trained_run / name).read_bytes() for name in ("config.json", "model.safetensors")}
+    for name in before:
+        target = trained_run / name
+        code, out, err = invoke(capsys, "diagnose", str(trained_run), "--data", "digits", "--n-points", "4",
+                                "--json", str(target))  # fmt: skip
+        assert (code, out) == (2, "")
+        assert err == f"error: output '{target}' would overwrite the {name} of the run in '{trained_run}'\n"
+    code, _, err = invoke(capsys, "report", str(trained_run), "--out", str(trained_run), "--n-points", "4")
+    assert (code, err) == (2, f"error: --out '{trained_run}' is a run directory; write the report somewhere else\n")
+    assert not (trained_run / "index.html").exists()
+    assert {name: (trained_run / name).read_bytes() for name in before} == before
+    wide = tmp_path / "wide.npz"
+    np.savez(wide, X=np.zeros((20, 65)), y=np.arange(20) % 2)
+    code, _, err = invoke(capsys, "finetune", str(trained_run), "--data", str(wide), "--epochs", "1")
+    assert (code, err) == (2, f"error: {wide} has 65 features but the model expects 64\n")

@@ -278,10 +278,7 @@ def encode(run_dir, data, output, split, limit, device, batch_size) -> None:
         raise ContractiveError(f"batch size must be ≥ 1, got {batch_size}")
     run = load_run(run_dir)
     dataset = load_dataset(data, split=split, limit=limit)
-    if dataset.X.shape[1] != run.model.config.n_features:
-        raise ContractiveError(
-            f"{data} has {dataset.X.shape[1]} features but the model expects {run.model.config.n_features}"
-        )
+    _check_width(data, dataset.X, run)
     shape = encode_to_npy(run.model, dataset.X, output, batch_size=batch_size, device=device)
     click.echo(f"wrote codes of shape {shape} to {output}")
 
@@ -331,6 +328,7 @@ def finetune(
     dataset = load_dataset(data, split=split, limit=limit)
     if dataset.y is None:
         raise ContractiveError(f"{data}: fine-tuning needs labels, and this dataset has none")
+    _check_width(data, dataset.X, run)
     n = dataset.X.shape[0]
     n_test = test_size if test_size is not None else max(1, n // 5)
     n_train = train_size if train_size is not None else n - n_test
@@ -391,11 +389,33 @@ def _diagnostic_points(spec: str, split: str, skip: int, n_points: int) -> tuple
 
 
 def _check_output_file(path: Path) -> None:
-    """Refuse an output file that cannot be created, before any work is done for it."""
+    """Refuse an output file that cannot be created, or that is part of a run, before any work is done for it."""
+    from .checkpoint import CONFIG, HISTORY, METRICS, WEIGHTS
+
     if not path.resolve().parent.is_dir():
         raise ContractiveError(f"output directory {str(path.parent)!r} does not exist")
     if path.is_dir():
         raise ContractiveError(f"output {str(path)!r} is a directory")
+    if path.name in (CONFIG, WEIGHTS, METRICS, HISTORY) and _is_run_dir(path.parent):
+        raise ContractiveError(
+            f"output {str(path)!r} would overwrite the {path.name} of the run in {str(path.parent)!r}"
+        )
+
+
+def _is_run_dir(path: Path) -> bool:
+    """Whether ``path`` holds a run written by this library (its config.json has a model section)."""
+    from .checkpoint import CONFIG
+
+    try:
+        return "model" in json.loads((path / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def _check_width(data: str, X, run) -> None:
+    """Refuse data whose feature count is not the one the run's model was trained on."""
+    if X.shape[1] != run.model.config.n_features:
+        raise ContractiveError(f"{data} has {X.shape[1]} features but the model expects {run.model.config.n_features}")
 
 
 @app.command()
@@ -412,8 +432,7 @@ def diagnose(run_dir, data, split, skip, n_points, fraction, eps, seed, json_pat
         _check_output_file(json_path)  # before the work, not after it
     run = load_run(run_dir)
     X, label = _diagnostic_points(data, split, skip, n_points)
-    if X.shape[1] != run.model.config.n_features:
-        raise ContractiveError(f"{data} has {X.shape[1]} features but the model expects {run.model.config.n_features}")
+    _check_width(data, X, run)
     summary = measure(run.model.encoder, X, fraction=fraction, eps=eps, seed=seed).summary()
     lines = [
         f"{run_dir} on {label}",
@@ -445,6 +464,8 @@ def report(run_dirs, out, data, split, skip, n_points, fraction, eps, seed) -> N
     from .checkpoint import read_json
     from .report import write_report
 
+    if _is_run_dir(out):
+        raise ContractiveError(f"--out {str(out)!r} is a run directory; write the report somewhere else")
     if data is None:
         data = (read_json(Path(run_dirs[0]) / "config.json").get("data") or {}).get("spec")
         if data is None:
@@ -523,6 +544,7 @@ def benchmark(data, quick, out, force, resume, **sizes) -> None:
         out = Path("benchmarks") / "results" / (Path(data).name + ("-quick" if quick else ""))
     if resume and force:
         raise ContractiveError("--resume continues the results in --out and --force overwrites them; pass one")
+    created = not out.exists()
     if not resume:
         prepare_run_dir(out, overwrite=force)
     # The command that reproduces this run, with every option that was set spelled out.
@@ -536,6 +558,10 @@ def benchmark(data, quick, out, force, resume, **sizes) -> None:
     except KeyboardInterrupt:
         click.echo(f"interrupted: the finished rows are in {out}; the same command with --resume continues", err=True)
         sys.exit(130)
+    except ContractiveError:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # refused before anything was written (e.g. data without labels): leave nothing behind
+        raise
     click.echo(format_table(results["rows"]))
 
 
