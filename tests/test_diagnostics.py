@@ -134,6 +134,15 @@ def test_saturation_counts_units_near_the_bounds():
     assert activation_bounds(nn.Sequential(nn.Linear(2, 2), nn.ReLU())) == (0.0, None)
     with pytest.raises(ContractiveError, match="bounded activation"):
         activation_bounds(nn.Sequential(nn.Linear(2, 2), nn.Identity()))
+    with pytest.raises(ContractiveError, match=r"^bounds must be \(lower, upper\) with lower < upper, got \(1, 0\)$"):
+        saturation(codes, (1, 0))
+
+
+def test_points_with_nan_are_named_not_passed_to_the_eigensolver():
+    X = torch.rand(5, 3)
+    X[3, 1] = float("nan")
+    with pytest.raises(ContractiveError, match=r"^the points contain NaN or inf \(first at row 3\)$"):
+        diagnose(nn.Sequential(nn.Linear(3, 2), nn.Sigmoid()), X)
 
 
 def test_diagnose_summary_is_consistent_with_its_parts():

@@ -61,6 +61,9 @@ def _as_input(X: np.ndarray | Tensor, encoder: Encoder) -> Tensor:
     X = torch.as_tensor(np.asarray(X) if not isinstance(X, Tensor) else X).to(device=device, dtype=dtype)
     if X.dim() != 2 or X.shape[0] == 0:
         raise ContractiveError(f"expected a non-empty batch of shape (n_samples, n_features), got {tuple(X.shape)}")
+    if not torch.isfinite(X).all():  # else the spectra fail deep inside an eigensolver
+        row = int((~torch.isfinite(X)).any(dim=1).nonzero()[0])
+        raise ContractiveError(f"the points contain NaN or inf (first at row {row})")
     return X
 
 
@@ -314,6 +317,8 @@ def saturation(
         raise ContractiveError(f"eps must be > 0, got {eps}")
     h = codes.detach().cpu().numpy() if isinstance(codes, Tensor) else np.asarray(codes)
     lower, upper = bounds
+    if lower is not None and upper is not None and not lower < upper:
+        raise ContractiveError(f"bounds must be (lower, upper) with lower < upper, got {bounds}")
     saturated = np.zeros(h.shape, dtype=bool)
     if lower is not None:
         saturated |= h <= lower + eps
