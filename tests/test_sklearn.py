@@ -204,6 +204,18 @@ def test_clear_errors_for_bad_input(digits):
         bad_params.fit(X)  # …fit validates
     with pytest.raises(ContractiveError, match="unknown device"):
         CAE(device="gpu0").fit(X)
+    # Parameters named differently from the configs' fields: the error names the estimator's parameter.
+    renamed = [
+        ({"n_components": 0}, "n_components must be an integer ≥ 1, got 0"),
+        ({"n_components": 2.5}, "n_components must be an integer ≥ 1, got 2.5"),
+        ({"max_iter": 0}, "max_iter must be an integer ≥ 1, got 0"),
+        ({"learning_rate_init": -0.1}, "learning_rate_init must be a finite number > 0, got -0.1"),
+        ({"random_state": "x"}, "random_state must be None, an integer or a numpy RandomState, got 'x'"),
+    ]
+    for params, message in renamed:
+        for method in ("fit", "partial_fit"):
+            with pytest.raises(ContractiveError, match=f"^{re.escape(message)}$"):
+                getattr(CAE(**params), method)(X)
     if not torch.cuda.is_available():
         with pytest.raises(ContractiveError, match="not available"):
             CAE(device="cuda").fit(X)
@@ -286,7 +298,10 @@ def test_save_and_load_round_trip(digits, tmp_path):
     np.testing.assert_array_equal(loaded.transform(frame), cae.transform(frame))
     assert loaded.feature_names_in_.tolist() == list(frame.columns)
     assert loaded.loss_curve_ == cae.loss_curve_ and loaded.n_iter_ == 3
-    with pytest.raises(ContractiveError, match="not empty"):
+    with pytest.raises(
+        ContractiveError,
+        match=r"is not empty; choose another one or overwrite it \(--force on the command line, overwrite=True in Python\)$",
+    ):
         cae.save(run_dir)
     with pytest.raises(ContractiveError, match="does not exist"):
         CAE.load(tmp_path / "missing")

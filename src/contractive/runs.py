@@ -54,7 +54,10 @@ def prepare_run_dir(run_dir: str | Path, *, overwrite: bool = False) -> Path:
     if path.exists() and not path.is_dir():
         raise ContractiveError(f"output {str(path)!r} exists and is not a directory")
     if path.is_dir() and any(path.iterdir()) and not overwrite and not _never_trained(path):
-        raise ContractiveError(f"output directory {str(path)!r} is not empty; choose another --out or pass --force")
+        raise ContractiveError(
+            f"output directory {str(path)!r} is not empty; choose another one or overwrite it "
+            "(--force on the command line, overwrite=True in Python)"
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

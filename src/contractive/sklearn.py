@@ -18,6 +18,7 @@ Examples
 
 from __future__ import annotations
 
+import math
 import numbers
 import platform
 import warnings
@@ -173,6 +174,7 @@ class CAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self
         """
         continuing = bool(self.warm_start) and hasattr(self, "autoencoder_")
+        self._check_renamed_params()
         X = validate_data(self, X, dtype=FLOAT_DTYPES, reset=not continuing)
         self._train_config(_as_int(self.max_iter))  # reject bad training parameters before touching the model
         if continuing:
@@ -198,6 +200,7 @@ class CAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self
         """
         first_call = not hasattr(self, "autoencoder_")
+        self._check_renamed_params()
         X = validate_data(self, X, dtype=FLOAT_DTYPES, reset=first_call)
         self._train_config(1)  # reject bad training parameters before touching the model
         if first_call:
@@ -206,6 +209,23 @@ class CAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             self._check_data_range(X)
         self._run_epochs(X, epochs=1)
         return self
+
+    def _check_renamed_params(self) -> None:
+        """Check the parameters whose names differ from the configs' (hidden, epochs, lr, seed) here, so that
+        an error names the parameter the user set; the configs check everything else."""
+        for name in ("n_components", "max_iter"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+                raise ContractiveError(f"{name} must be an integer ≥ 1, got {value!r}")
+        rate = self.learning_rate_init
+        if not isinstance(rate, numbers.Real) or isinstance(rate, bool) or not (math.isfinite(rate) and rate > 0):
+            raise ContractiveError(f"learning_rate_init must be a finite number > 0, got {rate!r}")
+        try:
+            check_random_state(self.random_state)
+        except ValueError:
+            raise ContractiveError(
+                f"random_state must be None, an integer or a numpy RandomState, got {self.random_state!r}"
+            ) from None
 
     def _initialize(self, X: np.ndarray) -> None:
         """Build a fresh model for ``X``'s width, dtype and range; reset the training state."""
