@@ -1,8 +1,10 @@
-# One venv, torch pinned first so pip never pulls a multi-GB CUDA build.
+# One venv, torch pinned first (and, with TORCH_INDEX, from a CPU-only index) before the package.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
+# Optional: where to get torch from, e.g. https://download.pytorch.org/whl/cpu for the CPU-only wheel.
+TORCH_INDEX ?=
 
 .PHONY: install demo test lint format bench clean
 
@@ -11,7 +13,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q $(TORCH_PIN)
+	$(BIN)/pip install -q $(TORCH_PIN) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
