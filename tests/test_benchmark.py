@@ -18,14 +18,17 @@ from contractive.benchmark import (
     BenchmarkConfig,
     compare_with_paper,
     encoder_measures,
+    format_report,
     linear_probe,
+    load_results,
     make_splits,
     sigmoid_encoder,
 )
 from contractive.diagnostics import jacobians
 
 TINY = ["--train-size", "300", "--val-size", "120", "--test-size", "200", "--hidden", "16",
-        "--grid-train-size", "200", "--grid-epochs", "1", "--epochs", "2", "--finetune-epochs", "5", "--probe-max-iter", "3000"]  # fmt: skip
+        "--grid-train-size", "200", "--grid-epochs", "1", "--epochs", "2", "--finetune-epochs", "5", "--probe-max-iter", "3000",
+        "--grid-probe-max-iter", "500"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +144,23 @@ def test_comparison_with_the_paper_counts_pairs_and_ranks(recwarn):
     assert "Pairs of the paper's ordering that hold: 0 of 15." in probe
     assert "with linear probe error over 6 models: undefined (equal for every model)." in text
     assert not [w for w in recwarn if "constant" in str(w.message).lower()]  # no scipy ConstantInputWarning
+
+
+@pytest.mark.parametrize(("run", "stopped"), [("fashion-mnist", "16 of 16"), ("mnist", "1 of 16")])
+def test_committed_reports_are_what_their_results_json_generates(run, stopped):
+    from tests.conftest import ROOT
+
+    out = ROOT / "benchmarks" / "results" / run
+    results = load_results(out / "results.json")
+    assert (out / "results.md").read_text(encoding="utf-8") == format_report(results)
+    assert f"{stopped} validation-grid probes reached max_iter (300) without converging" in format_report(results)
+
+
+def test_grid_probe_budget_is_an_option(quick_run):
+    out, _ = quick_run
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["grid_probe_max_iter"] == 500 and "--grid-probe-max-iter=500" in results["command"]
+    assert "(probe max_iter 500)" in (out / "results.md").read_text()
 
 
 def test_linear_probe_reports_non_convergence():

@@ -695,6 +695,12 @@ def format_report(results: dict[str, Any]) -> str:
             continue
         tried = ", ".join(f"{_format_params(t['params'])}: {100 * t['val_error']:.2f}%" for t in chosen["grid"])
         lines.append(f"- {name}: chosen {_format_params(chosen['chosen'])} (validation error {tried})")
+    grid = [t for chosen in results["selection"].values() for t in chosen["grid"]]
+    stopped = sum(t.get("probe_converged") is False for t in grid)
+    if stopped:
+        # The choices then rest on probes cut short: worth knowing before reading much into close calls.
+        lines += ["", f"{stopped} of {len(grid)} validation-grid probes reached max_iter "
+                      f"({c['grid_probe_max_iter']}) without converging (--grid-probe-max-iter raises it)."]  # fmt: skip
     lines += ["", format_table(results["rows"]), ""]
     unconverged = [r["model"] for r in results["rows"] if r["probe_converged"] is False]
     if unconverged:

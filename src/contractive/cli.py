@@ -511,6 +511,9 @@ def report(run_dirs, out, data, split, skip, n_points, fraction, eps, seed) -> N
     "--probe-train-size", type=int, default=None, help="Samples the final linear probes train on [default: all]."
 )
 @click.option("--probe-max-iter", type=int, default=None, help="max_iter of the logistic regression [default: 2000].")
+@click.option(
+    "--grid-probe-max-iter", type=int, default=None, help="max_iter of the validation-grid probes [default: 300]."
+)
 @click.option("--seed", type=int, default=None, help="Seed of every initialisation and shuffle [default: 0].")
 @click.option("--weight-decay-grid", default=None, help="Comma-separated weight decays for AE+wd.")
 @click.option("--sigma-grid", default=None, help="Comma-separated Gaussian noise stds for DAE-g.")
