@@ -209,7 +209,7 @@ class Autoencoder(nn.Module):
         eval mode ``jacobian_norm`` (mean ‖J_f‖_F).
 
         The penalty is computed on the same forward pass as the code. With λ = 0 it is not computed
-        during training (a plain AE costs nothing extra) and is reported as NaN. Training uses
+        during training (a plain AE costs nothing extra) and the key is left out. Training uses
         ``config.penalty_method``; eval mode uses ``"auto"`` (exact wherever affordable), so validation
         metrics carry no projection noise.
 
@@ -223,7 +223,7 @@ class Autoencoder(nn.Module):
         if kind in ("dae", "rcae", "caeh"):
             return self._relative_loss(x, kind)
         lam = self.config.lam
-        extra = {}
+        terms: dict[str, Tensor] = {}
         if lam > 0 or not self.training:
             method = self.config.penalty_method if self.training else "auto"
             # The penalty (squared derivatives summed over H·D terms) is kept in float32 even under
@@ -236,14 +236,14 @@ class Autoencoder(nn.Module):
                     method=method,
                     n_projections=self.config.n_projections,
                 )
-            penalty = per_sample.mean()
+            terms["penalty"] = per_sample.mean()
             if not self.training:
-                extra["jacobian_norm"] = per_sample.clamp_min(0).sqrt().mean()
+                terms["jacobian_norm"] = per_sample.clamp_min(0).sqrt().mean()
         else:
-            h, penalty = self.encode(x), torch.full((), float("nan"))
+            h = self.encode(x)  # a plain AE in training: the penalty is not computed, so not reported
         reconstruction = self.reconstruction_per_sample(x, h).mean()
-        total = reconstruction + lam * penalty if lam > 0 else reconstruction
-        return {"loss": total, "reconstruction": reconstruction, "penalty": penalty, **extra}
+        total = reconstruction + lam * terms["penalty"] if lam > 0 else reconstruction
+        return {"loss": total, "reconstruction": reconstruction, **terms}
 
     def _relative_loss(self, x: Tensor, kind: str) -> dict[str, Tensor]:
         cfg = self.config
@@ -252,17 +252,15 @@ class Autoencoder(nn.Module):
         if kind == "dae":
             x_tilde = relatives.corrupt(x, cfg.noise, sigma=cfg.sigma, mask_prob=cfg.mask_prob, generator=generator)
             reconstruction = self.reconstruction_per_sample(x, self.encode(x_tilde)).mean()
-            if self.training:
-                penalty = torch.full((), float("nan"))
-            else:
-                penalty = encode_with_penalty(self.encoder, x, method=cfg.penalty_method)[1].mean()
-            return {"loss": reconstruction, "reconstruction": reconstruction, "penalty": penalty}
+            terms = {"loss": reconstruction, "reconstruction": reconstruction}
+            if not self.training:  # a DAE has no penalty to train: it is only measured
+                terms["penalty"] = encode_with_penalty(self.encoder, x, method=cfg.penalty_method)[1].mean()
+            return terms
         if kind == "rcae":
             reconstruction = self.reconstruction_per_sample(x, self.encode(x)).mean()
-            if cfg.lam > 0 or not self.training:
-                penalty = relatives.reconstruction_jacobian_sq(self, x, **options).mean()
-            else:
-                penalty = torch.full((), float("nan"))
+            if not (cfg.lam > 0 or not self.training):
+                return {"loss": reconstruction, "reconstruction": reconstruction}  # penalty not computed
+            penalty = relatives.reconstruction_jacobian_sq(self, x, **options).mean()
             total = reconstruction + cfg.lam * penalty if cfg.lam > 0 else reconstruction
             return {"loss": total, "reconstruction": reconstruction, "penalty": penalty}
         h, penalty = encode_with_penalty(self.encoder, x, method=cfg.penalty_method, n_projections=cfg.n_projections)

@@ -397,10 +397,9 @@ def _train_one_epoch(
         bar.step(epoch, step, {k: float(v) * context.world_size / seen for k, v in sums.items()})
     keys = sorted(sums)
     totals = context.all_reduce_sum(torch.stack([torch.as_tensor(sums[k]).double() for k in keys]))
-    # A term the model did not compute (the penalty of a λ = 0 AE or a DAE in training) comes back as
-    # NaN; the loss was checked finite every step, so any NaN left is that marker. It is left out of the
-    # row rather than recorded: NaN is not valid JSON, and readers take a missing term as not computed.
-    return {k: float(v) / n for k, v in zip(keys, totals.tolist(), strict=True) if not math.isnan(v)}
+    # A term the model did not compute (the penalty of a λ = 0 AE or a DAE in training) is absent from
+    # its loss dict, so absent here too: readers take a missing term as not computed.
+    return {k: float(v) / n for k, v in zip(keys, totals.tolist(), strict=True)}
 
 
 class _ProgressBar:
@@ -433,7 +432,7 @@ class _ProgressBar:
     def step(self, epoch: int, step: int, running: dict[str, float]) -> None:
         if self._progress is None or (step % 5 and step != self.steps):
             return
-        terms = " ".join(f"{k} {v:.4g}" for k, v in running.items() if not math.isnan(v))  # NaN: not computed
+        terms = " ".join(f"{k} {v:.4g}" for k, v in running.items())
         self._progress.update(self._task, completed=step, epoch=epoch, terms=terms)
 
     def epoch_done(self, row: dict[str, Any]) -> None:
