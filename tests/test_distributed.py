@@ -84,6 +84,9 @@ def _gradient_worker(rank: int, world_size: int, init_file: str, out_dir: str) -
         share = mine.numel() * world_size / batch.numel()  # as in training._train_one_epoch
         (module(x[mine])["loss"] * share).backward()
         torch.save({k: p.grad for k, p in model.named_parameters()}, Path(out_dir) / f"grad{rank}.pt")
+        # Both ranks done before either leaves: gloo can abort a process whose peer tears down mid-operation
+        # (seen once as "terminate called without an active exception" under load).
+        torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
 
