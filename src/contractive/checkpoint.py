@@ -130,6 +130,15 @@ def load_state_strict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], 
     model.load_state_dict(tensors, strict=True)
 
 
+def run_config(path: str | Path) -> dict[str, Any] | None:
+    """The config.json of the run in ``path`` (an object with a model section), or None if it holds none."""
+    try:
+        config = json.loads((Path(path) / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) and "model" in config else None
+
+
 def require_run_dir(run_dir: str | Path) -> Path:
     """``run_dir`` as a Path, or a clear error when it is missing or is not a directory."""
     path = Path(run_dir)

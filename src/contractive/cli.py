@@ -390,26 +390,16 @@ def _diagnostic_points(spec: str, split: str, skip: int, n_points: int) -> tuple
 
 def _check_output_file(path: Path) -> None:
     """Refuse an output file that cannot be created, or that is part of a run, before any work is done for it."""
-    from .checkpoint import CONFIG, HISTORY, METRICS, WEIGHTS
+    from .checkpoint import CONFIG, HISTORY, METRICS, WEIGHTS, run_config
 
     if not path.resolve().parent.is_dir():
         raise ContractiveError(f"output directory {str(path.parent)!r} does not exist")
     if path.is_dir():
         raise ContractiveError(f"output {str(path)!r} is a directory")
-    if path.name in (CONFIG, WEIGHTS, METRICS, HISTORY) and _is_run_dir(path.parent):
+    if path.name in (CONFIG, WEIGHTS, METRICS, HISTORY) and run_config(path.parent) is not None:
         raise ContractiveError(
             f"output {str(path)!r} would overwrite the {path.name} of the run in {str(path.parent)!r}"
         )
-
-
-def _is_run_dir(path: Path) -> bool:
-    """Whether ``path`` holds a run written by this library (its config.json has a model section)."""
-    from .checkpoint import CONFIG
-
-    try:
-        return "model" in json.loads((path / CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError, TypeError):
-        return False
 
 
 def _check_width(data: str, X, run) -> None:
@@ -461,10 +451,10 @@ def diagnose(run_dir, data, split, skip, n_points, fraction, eps, seed, json_pat
 @_with_points_options
 def report(run_dirs, out, data, split, skip, n_points, fraction, eps, seed) -> None:
     """Write an HTML page comparing RUN_DIRS side by side: config, metrics, diagnostics and figures."""
-    from .checkpoint import read_json
+    from .checkpoint import read_json, run_config
     from .report import write_report
 
-    if _is_run_dir(out):
+    if run_config(out) is not None:
         raise ContractiveError(f"--out {str(out)!r} is a run directory; write the report somewhere else")
     if data is None:
         data = (read_json(Path(run_dirs[0]) / "config.json").get("data") or {}).get("spec")

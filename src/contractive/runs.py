@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import platform
 import shutil
 from pathlib import Path
@@ -41,11 +40,8 @@ def _never_trained(path: Path) -> bool:
     """Whether ``path`` holds only the config.json of a run stopped before its first epoch: nothing to lose."""
     if [p.name for p in path.iterdir()] != [checkpoint.CONFIG]:
         return False
-    try:
-        config = json.loads((path / checkpoint.CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and "contractive_version" in config and "model" in config
+    config = checkpoint.run_config(path)
+    return config is not None and "contractive_version" in config  # written by train_run, not by someone else
 
 
 def prepare_run_dir(run_dir: str | Path, *, overwrite: bool = False) -> Path:
